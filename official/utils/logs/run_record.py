@@ -1,0 +1,69 @@
+"""What every run leaves beside its checkpoints: flags.json and JSON-lines metrics.json.
+
+flags.json is replaced atomically, so a reader never sees half a file; metrics.json gets one
+line per evaluation, appended and flushed, so an interrupted run keeps what it measured.
+"""
+
+import json
+import os
+import tempfile
+import time
+
+FLAGS_FILE = 'flags.json'
+METRICS_FILE = 'metrics.json'
+
+
+def _json_default(value):
+  """Makes numpy scalars and other odd values serialisable."""
+  if hasattr(value, 'item'):
+    return value.item()
+  return str(value)
+
+
+def write_json_atomic(path, obj):
+  """Writes obj as JSON to path through a temporary file in the same directory."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.json')
+  try:
+    with os.fdopen(fd, 'w') as f:
+      json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
+      f.write('\n')
+    os.replace(tmp, path)
+  except BaseException:
+    os.remove(tmp)
+    raise
+
+
+def write_flags(model_dir, flag_values, extra=None):
+  """Writes the run's flags (and facts such as the model name) to model_dir/flags.json."""
+  record = dict(flag_values)
+  record.update(extra or {})
+  write_json_atomic(os.path.join(model_dir, FLAGS_FILE), record)
+
+
+def append_metrics(model_dir, metrics):
+  """Appends one JSON line of metrics (with a wall-clock timestamp) to metrics.json."""
+  os.makedirs(model_dir, exist_ok=True)
+  record = dict(metrics)
+  record.setdefault('timestamp', time.time())
+  with open(os.path.join(model_dir, METRICS_FILE), 'a') as f:
+    f.write(json.dumps(record, sort_keys=True, default=_json_default) + '\n')
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def read_metrics(model_dir):
+  """Returns the list of metric records in model_dir/metrics.json ([] if there is none)."""
+  path = os.path.join(model_dir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if line.strip():
+        try:
+          records.append(json.loads(line))
+        except ValueError as e:
+          raise ValueError('%s: line %d is not JSON (%s)' % (path, number, e)) from None
+  return records

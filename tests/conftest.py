@@ -1,0 +1,71 @@
+"""Shared test helpers: small IDX files written by the tests themselves (no downloads)."""
+
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+
+from mnist_cnn import input_data
+
+
+def idx_bytes(array, magic):
+  """Encodes a uint8 array as IDX bytes with the given magic number."""
+  array = np.asarray(array, dtype=np.uint8)
+  header = struct.pack('>I', magic) + b''.join(struct.pack('>I', d) for d in array.shape)
+  return header + array.tobytes()
+
+
+def write_idx_dir(directory, num_train=60, num_test=20, num_classes=10, height=28, width=28,
+                  compress=True, seed=0, learnable=False):
+  """Writes the four IDX files of a tiny dataset to directory; returns the arrays.
+
+  With learnable=True each class gets a bright horizontal band at its own rows, so a few
+  training steps can learn it.
+  """
+  rng = np.random.RandomState(seed)
+  os.makedirs(directory, exist_ok=True)
+
+  def make(count):
+    labels = (np.arange(count) % num_classes).astype(np.uint8)
+    rng.shuffle(labels)
+    images = rng.randint(0, 60, size=(count, height, width)).astype(np.uint8)
+    if learnable:
+      band = max(1, height // num_classes)
+      for i, label in enumerate(labels):
+        images[i, label * band % height:(label * band % height) + band, :] = 255
+    return images, labels
+
+  train_images, train_labels = make(num_train)
+  test_images, test_labels = make(num_test)
+  contents = {
+      input_data.TRAIN_IMAGES: idx_bytes(train_images, input_data.IMAGES_MAGIC),
+      input_data.TRAIN_LABELS: idx_bytes(train_labels, input_data.LABELS_MAGIC),
+      input_data.TEST_IMAGES: idx_bytes(test_images, input_data.IMAGES_MAGIC),
+      input_data.TEST_LABELS: idx_bytes(test_labels, input_data.LABELS_MAGIC),
+  }
+  for name, data in contents.items():
+    if compress:
+      with gzip.open(os.path.join(directory, name), 'wb') as f:
+        f.write(data)
+    else:
+      with open(os.path.join(directory, name[:-len('.gz')]), 'wb') as f:
+        f.write(data)
+  return train_images, train_labels, test_images, test_labels
+
+
+@pytest.fixture
+def idx_dir(tmp_path):
+  """A directory holding a tiny valid gzip IDX dataset (60 train, 20 test, 10 classes)."""
+  directory = str(tmp_path / 'data')
+  write_idx_dir(directory)
+  return directory
+
+
+@pytest.fixture
+def learnable_idx_dir(tmp_path):
+  """A tiny dataset whose classes a few training steps can tell apart."""
+  directory = str(tmp_path / 'learnable')
+  write_idx_dir(directory, num_train=400, num_test=100, learnable=True)
+  return directory
