@@ -238,5 +238,6 @@ def main(_):
 
 
 if __name__ == '__main__':
+  tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
   define_alexnet_flags()
   app.run(main)

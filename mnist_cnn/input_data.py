@@ -28,6 +28,8 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
+from official.resnet import resnet_run_loop
+
 TRAIN_IMAGES = 'train-images-idx3-ubyte.gz'
 TRAIN_LABELS = 'train-labels-idx1-ubyte.gz'
 TEST_IMAGES = 't10k-images-idx3-ubyte.gz'
@@ -462,21 +464,30 @@ def _chunks(images, labels, chunk_size=2048):
   return generate
 
 
-def parse_record(image, label, dtype=tf.float32):
-  """uint8 [rows, cols] image and label -> (float image [rows, cols, 1] in [0, 1], int32)."""
-  image = tf.cast(image, tf.float32) * (1.0 / 255.0)
-  image = tf.cast(tf.expand_dims(image, -1), dtype)
-  return image, tf.cast(label, tf.int32)
+def parse_record(record, is_training, dtype=tf.float32, shift_pixels=0):
+  """(uint8 image [rows, cols], label) -> (image [rows, cols, 1] in [0, 1] as dtype, int32).
+
+  With is_training and shift_pixels > 0 the image is shifted by up to that many pixels in each
+  direction (zero padding, random crop): a cheap augmentation that digits tolerate.
+  """
+  image, label = record
+  rows, cols = image.shape
+  image = tf.expand_dims(tf.cast(image, tf.float32) * (1.0 / 255.0), -1)
+  if is_training and shift_pixels:
+    image = tf.image.pad_to_bounding_box(image, shift_pixels, shift_pixels,
+                                         rows + 2 * shift_pixels, cols + 2 * shift_pixels)
+    image = tf.image.random_crop(image, [rows, cols, NUM_CHANNELS])
+  return tf.cast(image, dtype), tf.cast(label, tf.int32)
 
 
-def arrays_input_fn(images, labels, is_training, batch_size, num_epochs=1,
-                    dtype=tf.float32, seed=None, shuffle_buffer=None, num_parallel_calls=None,
+def arrays_input_fn(images, labels, is_training, batch_size, num_epochs=1, dtype=tf.float32,
+                    seed=None, shift_pixels=0, datasets_num_private_threads=None,
                     drop_remainder=False):
   """Builds the tf.data pipeline over in-memory uint8 arrays.
 
   The arrays enter the graph through a generator (not as constants, which would be copied
-  into every checkpoint's meta graph), are cached, shuffled before repeat, parsed and
-  batched with `map_and_batch`, and prefetched.
+  into every checkpoint's meta graph) and are cached; `process_record_dataset` then shuffles
+  before repeat, parses and batches with `map_and_batch`, and prefetches.
 
   Returns:
     tf.data.Dataset of (images [B, rows, cols, 1] dtype, labels [B] int32).
@@ -487,51 +498,38 @@ def arrays_input_fn(images, labels, is_training, batch_size, num_epochs=1,
       output_signature=(tf.TensorSpec([None, rows, cols], tf.uint8),
                         tf.TensorSpec([None], labels.dtype)))
   dataset = dataset.unbatch().cache()
-  if is_training:
-    dataset = dataset.shuffle(shuffle_buffer or len(images), seed=seed,
-                              reshuffle_each_iteration=True)
-  dataset = dataset.repeat(num_epochs)
-  dataset = dataset.apply(tf.data.experimental.map_and_batch(
-      lambda image, label: parse_record(image, label, dtype),
-      batch_size=batch_size,
-      num_parallel_calls=num_parallel_calls or tf.data.AUTOTUNE,
-      drop_remainder=drop_remainder))
-  return dataset.prefetch(tf.data.AUTOTUNE)
+  return resnet_run_loop.process_record_dataset(
+      dataset, is_training, batch_size, shuffle_buffer=len(images),
+      parse_record_fn=functools.partial(parse_record, shift_pixels=shift_pixels),
+      num_epochs=num_epochs, dtype=dtype,
+      datasets_num_private_threads=datasets_num_private_threads,
+      drop_remainder=drop_remainder, seed=seed)
+
+
+def num_examples(data_dir, validation_size=0):
+  """(training examples after the validation split, test examples) in data_dir's files."""
+  raw = _load_cached(data_dir, None, DEFAULT_SOURCE_URL)
+  return len(raw.train_images) - validation_size, len(raw.test_images)
 
 
 def input_fn(is_training, data_dir, batch_size, num_epochs=1, dtype=tf.float32, seed=None,
-             validation_size=0, num_classes=None, drop_remainder=False):
+             validation_size=0, shift_pixels=0, datasets_num_private_threads=None,
+             drop_remainder=False):
   """Estimator input function over the IDX files in data_dir.
 
   Training reads the training file less its first `validation_size` examples; evaluation
-  reads the test file.
+  reads the test file, in order.
 
   Returns:
     tf.data.Dataset of (images [B, rows, cols, 1] dtype, labels [B] int32).
   """
-  raw = _load_cached(data_dir, num_classes, DEFAULT_SOURCE_URL)
+  raw = _load_cached(data_dir, None, DEFAULT_SOURCE_URL)
   if is_training:
     split_sizes(len(raw.train_images), validation_size)
     images, labels = raw.train_images[validation_size:], raw.train_labels[validation_size:]
   else:
     images, labels = raw.test_images, raw.test_labels
   return arrays_input_fn(images, labels, is_training, batch_size, num_epochs, dtype=dtype,
-                         seed=seed, drop_remainder=drop_remainder)
-
-
-def get_synth_input_fn(height=MNIST_HEIGHT, width=MNIST_WIDTH, num_channels=NUM_CHANNELS,
-                       num_classes=MNIST_NUM_CLASSES):
-  """Returns an input function like `input_fn` that yields random data, for runs without data.
-
-  One seeded random batch (pixels uniform in [0, 1], labels uniform over ALL classes) is made
-  with numpy and repeated forever: it measures the model, not the pipeline.
-  """
-  def synth_input_fn(is_training, data_dir, batch_size, num_epochs=1, dtype=tf.float32,
-                     seed=None, **unused_kwargs):
-    del is_training, data_dir, num_epochs
-    rng = np.random.RandomState(seed)
-    images = rng.uniform(size=(batch_size, height, width, num_channels)).astype(np.float32)
-    labels = rng.randint(0, num_classes, size=batch_size).astype(np.int32)
-    dataset = tf.data.Dataset.from_tensors((tf.cast(images, dtype), labels)).repeat()
-    return dataset.prefetch(tf.data.AUTOTUNE)
-  return synth_input_fn
+                         seed=seed, shift_pixels=shift_pixels,
+                         datasets_num_private_threads=datasets_num_private_threads,
+                         drop_remainder=drop_remainder)

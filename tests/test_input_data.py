@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 
 from mnist_cnn import input_data
+from official.resnet import resnet_run_loop
 from tests import conftest
 
 SHARED_MNIST = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'mnist')
@@ -316,12 +317,22 @@ def test_input_fn_training_epoch_covers_each_example_once(idx_dir):
 
 
 def test_synthetic_input_fn_has_the_same_signature_and_covers_all_classes():
-  input_fn = input_data.get_synth_input_fn(num_classes=10)
+  input_fn = resnet_run_loop.get_synth_input_fn(28, 28, 1, num_classes=10)
   batches = _take(lambda: input_fn(True, None, batch_size=512, seed=0), 1)
   images, labels = batches[0]
   assert images.shape == (512, 28, 28, 1) and images.dtype == np.float32
   assert labels.dtype == np.int32
   assert sorted(set(labels)) == list(range(10))
+
+
+def test_training_shifts_move_digits_by_at_most_the_given_pixels():
+  image = np.zeros((1, 28, 28), np.uint8)
+  image[0, 10:12, 10:12] = 255
+  batches = _take(lambda: input_data.arrays_input_fn(
+      np.repeat(image, 64, 0), np.zeros(64, np.uint8), True, 64, shift_pixels=2, seed=0), 1)
+  rows, cols = np.nonzero(batches[0][0][..., 0] > 0.5)[1:]
+  assert rows.min() >= 8 and rows.max() <= 13 and cols.min() >= 8 and cols.max() <= 13
+  assert len({(r, c) for r, c in zip(rows, cols)}) > 4  # shifted differently across the batch
 
 
 def test_synthetic_data_sets_label_every_class():

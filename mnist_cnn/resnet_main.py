@@ -1,0 +1,136 @@
+"""Trains ResNet on MNIST with the Estimator run loop: the project's front door.
+
+  python -m mnist_cnn.resnet_main --resnet_size=18 --data_dir=DIR --model_dir=DIR
+
+The network is the ImageNet-family ResNet (official/resnet/resnet_model.py) with a stem for
+28x28x1 digits. Stems, measured here (ResNet-18, batch 128, 2-core CPU; see README):
+- 'mnist' (default): 3x3/1 convolution, then 2x2/2 max-pool. Stages run at 14, 7, 4, 2 pixels.
+- 'cifar': 3x3/1 convolution, no pool. Stages at 28, 14, 7, 4: about 4x the compute of 'mnist'
+  for little or no accuracy gain on digits.
+- 'imagenet': 7x7/2 convolution and 3x3/2 max-pool, as for 224x224 inputs. Stages at 7, 4, 2, 1:
+  fast, but too coarse for 28x28 images and clearly less accurate.
+
+The learning rate is step-decayed at fixed fractions of --train_epochs (so a 1-epoch run gets a
+whole schedule, too), after a short linear warm-up; training images are shifted by up to
+--shift_pixels pixels.
+"""
+
+import sys
+
+from absl import app
+from absl import flags
+import tensorflow as tf
+
+from mnist_cnn import input_data
+from official.resnet import resnet_model
+from official.resnet import resnet_run_loop
+from official.utils.flags import core as flags_core
+
+DATASET_NAME = 'MNIST'
+# stem name -> (kernel_size, conv_stride, first_pool_size, first_pool_stride)
+STEMS = {
+    'mnist': (3, 1, 2, 2),
+    'cifar': (3, 1, None, None),
+    'imagenet': (7, 2, 3, 2),
+}
+BLOCK_STRIDES = [1, 2, 2, 2]
+BOUNDARY_FRACTIONS = (0.5, 0.75, 0.9)
+DECAY_RATES = (1.0, 0.1, 0.01, 0.001)
+BATCH_DENOM = 256
+SYNTHETIC_TRAIN_IMAGES = input_data.MNIST_NUM_TRAIN
+
+
+class MnistModel(resnet_model.Model):
+  """ResNet configured for small grayscale images."""
+
+  def __init__(self, resnet_size, num_classes, stem='mnist', num_filters=64,
+               resnet_version=resnet_model.DEFAULT_VERSION, data_format=None,
+               dtype=resnet_model.DEFAULT_DTYPE):
+    """Args as resnet_model.Model; stem is a key of STEMS.
+
+    Raises:
+      ValueError: unknown resnet_size (lists the valid ones) or stem.
+    """
+    if stem not in STEMS:
+      raise ValueError('unknown stem %r; choose one of %s' % (stem, ', '.join(STEMS)))
+    block_sizes, bottleneck = resnet_model.get_block_sizes(resnet_size)
+    kernel_size, conv_stride, pool_size, pool_stride = STEMS[stem]
+    super().__init__(
+        resnet_size=resnet_size, bottleneck=bottleneck, num_classes=num_classes,
+        num_filters=num_filters, kernel_size=kernel_size, conv_stride=conv_stride,
+        first_pool_size=pool_size, first_pool_stride=pool_stride, block_sizes=block_sizes,
+        block_strides=BLOCK_STRIDES, resnet_version=resnet_version, data_format=data_format,
+        dtype=dtype)
+
+
+def define_mnist_flags(flag_values=flags.FLAGS):
+  """The ResNet run-loop flags, this model's own, and MNIST defaults."""
+  resnet_run_loop.define_resnet_flags(flag_values=flag_values)
+  fv = {'flag_values': flag_values}
+  flags.DEFINE_enum('stem', 'mnist', list(STEMS),
+                    'First layers: mnist (3x3/1 conv + 2x2/2 pool), cifar (3x3/1, no pool) or '
+                    'imagenet (7x7/2 conv + 3x3/2 pool).', **fv)
+  flags.DEFINE_integer('num_filters', 64, 'Filters of the first stage (doubled per stage).',
+                       **fv)
+  flags.DEFINE_integer('shift_pixels', 2,
+                       'Shift training images randomly by up to this many pixels (0: off).',
+                       **fv)
+  flags.register_validator('num_filters', lambda v: v > 0,
+                           message='--num_filters must be positive', **fv)
+  flags.register_validator('shift_pixels', lambda v: v >= 0,
+                           message='--shift_pixels must be zero or more', **fv)
+  flags_core.set_defaults(flag_values, resnet_size='18', resnet_version='2', train_epochs=6,
+                          batch_size=128, epochs_between_evals=1, weight_decay=5e-4,
+                          base_learning_rate=0.2, warmup_epochs=0.2,
+                          model_dir='/tmp/mnist_resnet')
+
+
+def run_resnet(flags_obj):
+  """Trains and evaluates ResNet on MNIST (or synthetic data); returns the eval results."""
+  if flags_obj.use_synthetic_data:
+    image_shape = (input_data.MNIST_HEIGHT, input_data.MNIST_WIDTH, input_data.NUM_CHANNELS)
+    num_classes = input_data.MNIST_NUM_CLASSES
+    num_train_images = SYNTHETIC_TRAIN_IMAGES
+    input_function = resnet_run_loop.get_synth_input_fn(*image_shape, num_classes)
+  else:
+    raw = input_data.load_idx_dataset(flags_obj.data_dir)
+    image_shape = raw.train_images.shape[1:] + (input_data.NUM_CHANNELS,)
+    num_classes = raw.num_classes
+    num_train_images = len(raw.train_images)
+    shift_pixels = flags_obj.shift_pixels
+
+    def input_function(**kwargs):
+      return input_data.input_fn(shift_pixels=shift_pixels, **kwargs)
+
+  resnet_size = int(flags_obj.resnet_size)
+  resnet_version = int(flags_obj.resnet_version)
+  stem, num_filters, data_format = flags_obj.stem, flags_obj.num_filters, flags_obj.data_format
+
+  def build_model(dtype):
+    return MnistModel(resnet_size, num_classes, stem=stem, num_filters=num_filters,
+                      resnet_version=resnet_version, data_format=data_format, dtype=dtype)
+
+  epochs = flags_obj.train_epochs
+  learning_rate_fn = resnet_run_loop.learning_rate_with_decay(
+      batch_size=flags_obj.batch_size, batch_denom=BATCH_DENOM, num_images=num_train_images,
+      boundary_epochs=[fraction * epochs for fraction in BOUNDARY_FRACTIONS],
+      decay_rates=DECAY_RATES, base_lr=flags_obj.base_learning_rate,
+      warmup_epochs=flags_obj.warmup_epochs)
+  params = {'model': build_model, 'num_classes': num_classes,
+            'learning_rate_fn': learning_rate_fn, 'momentum': flags_obj.momentum}
+  return resnet_run_loop.resnet_main(
+      flags_obj, resnet_run_loop.resnet_model_fn, input_function, DATASET_NAME,
+      shape=list(image_shape), num_train_images=num_train_images, params=params)
+
+
+def main(_):
+  try:
+    run_resnet(flags.FLAGS)
+  except input_data.DATA_ERRORS as e:
+    sys.exit('error: %s' % e)
+
+
+if __name__ == '__main__':
+  tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
+  define_mnist_flags()
+  app.run(main)

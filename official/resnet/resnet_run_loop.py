@@ -1,0 +1,540 @@
+"""The Estimator run loop for ResNets: input pipeline, model_fn, train/evaluate/export, flags.
+
+In the spirit of the TensorFlow Model Garden's legacy `official/resnet/resnet_run_loop.py`,
+written for `tf.compat.v1` + `tf.estimator` on TensorFlow 2.15, without `tf.contrib`, and without
+its known defects: synthetic labels cover every class, thread settings are computed instead of
+written back into parsed flags, a rerun resumes to the target epoch count instead of training it
+again, and the batch-norm variables are left out of weight decay by name.
+"""
+
+import math
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+from official.resnet import resnet_model
+from official.utils.flags import core as flags_core
+from official.utils.logs import hooks_helper
+from official.utils.logs import run_record
+
+DTYPES = {'fp32': tf.float32, 'fp16': tf.float16, 'bf16': tf.bfloat16}
+DEFAULT_LOSS_SCALE = {'fp32': 1, 'fp16': 128, 'bf16': 1}
+PROGRESS_EVERY_N_STEPS = 100
+
+
+################################################################################
+# Input functions
+################################################################################
+
+
+def process_record_dataset(dataset, is_training, batch_size, shuffle_buffer, parse_record_fn,
+                           num_epochs=1, dtype=tf.float32, datasets_num_private_threads=None,
+                           drop_remainder=False, seed=None):
+  """Turns a dataset of raw records into batches of (features, labels).
+
+  Shuffles before repeating (so each epoch is a permutation), parses and batches in one
+  `map_and_batch`, and prefetches so the model never waits for input.
+
+  Args:
+    dataset: tf.data.Dataset of raw records.
+    is_training: shuffle when True.
+    batch_size: examples per batch.
+    shuffle_buffer: shuffle buffer size (the dataset size for a full shuffle).
+    parse_record_fn: fn(record, is_training, dtype) -> (features, label).
+    num_epochs: times to repeat the dataset (None: forever).
+    dtype: features dtype.
+    datasets_num_private_threads: a private thread pool of this size for the pipeline.
+    drop_remainder: drop a final short batch.
+    seed: shuffle seed.
+
+  Returns:
+    tf.data.Dataset of batches.
+  """
+  if is_training:
+    dataset = dataset.shuffle(buffer_size=shuffle_buffer, seed=seed,
+                              reshuffle_each_iteration=True)
+  dataset = dataset.repeat(num_epochs)
+  dataset = dataset.apply(tf.data.experimental.map_and_batch(
+      lambda *record: parse_record_fn(record, is_training, dtype),
+      batch_size=batch_size,
+      num_parallel_calls=tf.data.AUTOTUNE,
+      drop_remainder=drop_remainder))
+  dataset = dataset.prefetch(buffer_size=tf.data.AUTOTUNE)
+  if datasets_num_private_threads:
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = datasets_num_private_threads
+    dataset = dataset.with_options(options)
+  return dataset
+
+
+def get_synth_input_fn(height, width, num_channels, num_classes):
+  """Returns an input function of random data with the signature of real ones.
+
+  One seeded random batch (pixels uniform in [0, 1], labels uniform over ALL classes) is made
+  with numpy and repeated forever: it measures the model, not the input pipeline.
+  """
+  def synth_input_fn(is_training, data_dir, batch_size, num_epochs=1, dtype=tf.float32,
+                     seed=None, **unused_kwargs):
+    del is_training, data_dir, num_epochs
+    rng = np.random.RandomState(seed)
+    images = rng.uniform(size=(batch_size, height, width, num_channels)).astype(np.float32)
+    labels = rng.randint(0, num_classes, size=batch_size).astype(np.int32)
+    dataset = tf.data.Dataset.from_tensors((tf.cast(images, dtype), labels)).repeat()
+    return dataset.prefetch(tf.data.AUTOTUNE)
+  return synth_input_fn
+
+
+def _decode_image(image_bytes, height, width, num_channels):
+  """PNG/JPEG/GIF/BMP bytes -> float32 [height, width, num_channels] in [0, 1]."""
+  image = tf.io.decode_image(image_bytes, channels=num_channels, expand_animations=False)
+  image = tf.image.convert_image_dtype(image, tf.float32)
+  image = tf.image.resize(image, [height, width], antialias=True)
+  return tf.ensure_shape(image, [height, width, num_channels])
+
+
+def decode_image_batch(image_bytes, image_shape, dtype=tf.float32):
+  """A batch of encoded images [N] string -> [N, h, w, c] in [0, 1], converted to grayscale
+  when c is 1 and resized to the model's input."""
+  height, width, num_channels = image_shape
+  images = tf.map_fn(lambda one: _decode_image(one, height, width, num_channels), image_bytes,
+                     fn_output_signature=tf.float32)
+  return tf.cast(images, dtype)
+
+
+def image_bytes_serving_input_fn(image_shape, dtype=tf.float32):
+  """Serving input that takes a batch of encoded images (`image_bytes`, [None] string)."""
+  image_bytes = tf.compat.v1.placeholder(tf.string, [None], name='image_bytes')
+  images = decode_image_batch(image_bytes, image_shape, dtype)
+  return tf.estimator.export.ServingInputReceiver(images, {'image_bytes': image_bytes})
+
+
+def tensor_serving_input_fn(image_shape, dtype=tf.float32):
+  """Serving input that takes float images [None, h, w, c] in [0, 1] (`images`)."""
+  images = tf.compat.v1.placeholder(dtype, [None] + list(image_shape), name='images')
+  return tf.estimator.export.ServingInputReceiver(images, {'images': images})
+
+
+def override_flags_and_set_envars_for_gpu_thread_pool(flags_obj):
+  """Computes thread settings for a private GPU thread pool and sets TF's env vars for it.
+
+  With --tf_gpu_thread_mode=gpu_private each GPU gets its own threads for launching kernels,
+  so the input pipeline and inter-op threads must share what is left of the CPU. Returns the
+  values to use instead of writing them back into the parsed flags.
+
+  Returns:
+    dict with 'inter_op_parallelism_threads' and 'datasets_num_private_threads'.
+  """
+  inter_op = flags_obj.inter_op_parallelism_threads
+  private_threads = flags_obj.datasets_num_private_threads
+  mode = flags_obj.tf_gpu_thread_mode
+  if mode:
+    cpu_count = multiprocessing.cpu_count()
+    per_gpu = flags_obj.per_gpu_thread_count or 2
+    num_gpus = len(tf.config.list_physical_devices('GPU'))
+    os.environ['TF_GPU_THREAD_MODE'] = mode
+    os.environ['TF_GPU_THREAD_COUNT'] = str(per_gpu)
+    total_gpu_threads = per_gpu * num_gpus
+    # Model Garden's rule of thumb: leave two threads per GPU for the main thread pool, and
+    # the rest after the GPU threads for tf.data.
+    inter_op = inter_op or max(2, num_gpus * 2)
+    private_threads = private_threads or max(1, cpu_count - total_gpu_threads - num_gpus)
+  return {'inter_op_parallelism_threads': inter_op,
+          'datasets_num_private_threads': private_threads}
+
+
+################################################################################
+# Learning rate and model_fn
+################################################################################
+
+
+def learning_rate_with_decay(batch_size, batch_denom, num_images, boundary_epochs, decay_rates,
+                             base_lr=0.1, warmup_epochs=0):
+  """Returns fn(global_step) -> learning rate, step-decayed at epoch boundaries.
+
+  The base rate scales linearly with batch size (base_lr * batch_size / batch_denom). With
+  warmup_epochs it ramps up linearly from 0 over that many epochs first.
+
+  Args:
+    boundary_epochs: epochs at which the rate changes; len(decay_rates) - 1 of them.
+    decay_rates: multipliers of the scaled base rate, one per interval.
+
+  Raises:
+    ValueError: the list lengths do not fit.
+  """
+  if len(decay_rates) != len(boundary_epochs) + 1:
+    raise ValueError('need one more decay rate than boundaries: %s vs %s' %
+                     (decay_rates, boundary_epochs))
+  initial_learning_rate = base_lr * batch_size / batch_denom
+  batches_per_epoch = num_images / batch_size
+  boundaries = [int(batches_per_epoch * epoch) for epoch in boundary_epochs]
+  values = [initial_learning_rate * decay for decay in decay_rates]
+
+  def learning_rate_fn(global_step):
+    global_step = tf.cast(global_step, tf.int64)
+    rate = tf.compat.v1.train.piecewise_constant(global_step, boundaries, values)
+    if warmup_epochs:
+      warmup_steps = max(1, int(batches_per_epoch * warmup_epochs))
+      warmup_rate = (initial_learning_rate * tf.cast(global_step, tf.float32) /
+                     float(warmup_steps))
+      rate = tf.cond(global_step < warmup_steps, lambda: warmup_rate, lambda: rate)
+    return rate
+
+  return learning_rate_fn
+
+
+def default_loss_filter_fn(name):
+  """Weight decay applies to every trainable variable except batch-norm gamma and beta."""
+  return 'batch_normalization' not in name
+
+
+def resnet_model_fn(features, labels, mode, params):
+  """The Estimator model_fn shared by ResNet mains.
+
+  Args:
+    features: images [B, h, w, c].
+    labels: int class indices [B] (None in PREDICT).
+    mode: a tf.estimator.ModeKeys value.
+    params: dict with
+      'model': callable(dtype) -> resnet_model.Model configured for the dataset;
+      'num_classes', 'weight_decay', 'momentum', 'learning_rate_fn' (fn(global_step));
+      'dtype' ('fp32', 'fp16', 'bf16'), 'loss_scale' (None: the dtype's default);
+      'fine_tune' (train only the dense layer), 'label_smoothing';
+      'loss_filter_fn' (optional; default excludes batch-norm variables).
+
+  Returns:
+    tf.estimator.EstimatorSpec for the mode.
+  """
+  if isinstance(features, dict):  # a serving receiver wraps a lone tensor as {'feature': t}
+    features = features['feature']
+  dtype = DTYPES[params['dtype']]
+  model = params['model'](dtype)
+  tf.compat.v1.summary.image('images', tf.cast(features, tf.float32), max_outputs=4)
+  features = tf.cast(features, dtype)
+  logits = model(features, mode == tf.estimator.ModeKeys.TRAIN)
+  logits = tf.cast(logits, tf.float32)  # softmax and loss in float32
+
+  predictions = {
+      'classes': tf.argmax(logits, axis=1),
+      'probabilities': tf.nn.softmax(logits, name='softmax_tensor'),
+  }
+  if mode == tf.estimator.ModeKeys.PREDICT:
+    return tf.estimator.EstimatorSpec(
+        mode=mode, predictions=predictions,
+        export_outputs={'predict': tf.estimator.export.PredictOutput(predictions)})
+
+  labels = tf.cast(labels, tf.int32)
+  num_classes = params['num_classes']
+  if params.get('label_smoothing'):
+    one_hot = tf.one_hot(labels, num_classes)
+    cross_entropy = tf.compat.v1.losses.softmax_cross_entropy(
+        one_hot, logits, label_smoothing=params['label_smoothing'])
+  else:
+    cross_entropy = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels=labels,
+                                                                     logits=logits)
+  cross_entropy = tf.identity(cross_entropy, name='cross_entropy')
+  tf.compat.v1.summary.scalar('cross_entropy', cross_entropy)
+
+  loss_filter_fn = params.get('loss_filter_fn') or default_loss_filter_fn
+  decayed = [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in tf.compat.v1.trainable_variables()
+             if loss_filter_fn(v.name)]
+  l2_loss = params['weight_decay'] * tf.add_n(decayed)
+  l2_loss = tf.identity(l2_loss, name='l2_loss')
+  tf.compat.v1.summary.scalar('l2_loss', l2_loss)
+  loss = cross_entropy + l2_loss
+
+  accuracy = tf.compat.v1.metrics.accuracy(labels, predictions['classes'])
+  accuracy_top_5 = tf.compat.v1.metrics.mean(
+      tf.nn.in_top_k(predictions=logits, targets=labels, k=min(5, num_classes)))
+  metrics = {'accuracy': accuracy, 'accuracy_top_5': accuracy_top_5}
+  train_accuracy = tf.identity(
+      tf.reduce_mean(tf.cast(tf.equal(tf.cast(predictions['classes'], tf.int32), labels),
+                             tf.float32)), name='train_accuracy')
+  tf.compat.v1.summary.scalar('train_accuracy', train_accuracy)
+
+  if mode == tf.estimator.ModeKeys.EVAL:
+    return tf.estimator.EstimatorSpec(mode=mode, predictions=predictions, loss=loss,
+                                      eval_metric_ops=metrics)
+
+  global_step = tf.compat.v1.train.get_or_create_global_step()
+  learning_rate = tf.identity(params['learning_rate_fn'](global_step), name='learning_rate')
+  tf.compat.v1.summary.scalar('learning_rate', learning_rate)
+  optimizer = tf.compat.v1.train.MomentumOptimizer(learning_rate=learning_rate,
+                                                   momentum=params['momentum'])
+  variables = tf.compat.v1.trainable_variables()
+  if params.get('fine_tune'):
+    variables = [v for v in variables if 'dense' in v.name]
+  loss_scale = params.get('loss_scale') or DEFAULT_LOSS_SCALE[params['dtype']]
+  # Scaling the loss keeps small float16 gradients from flushing to zero; unscale after.
+  grads_and_vars = optimizer.compute_gradients(loss * loss_scale, var_list=variables)
+  if loss_scale != 1:
+    grads_and_vars = [(g / loss_scale, v) for g, v in grads_and_vars if g is not None]
+  update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
+  with tf.control_dependencies(update_ops):
+    train_op = optimizer.apply_gradients(grads_and_vars, global_step=global_step)
+  return tf.estimator.EstimatorSpec(mode=mode, predictions=predictions, loss=loss,
+                                    train_op=train_op, eval_metric_ops=metrics)
+
+
+################################################################################
+# Progress and the main loop
+################################################################################
+
+
+class ProgressHook(tf.compat.v1.train.SessionRunHook):
+  """Prints step, loss, accuracy, learning rate, examples/second and the epoch's ETA."""
+
+  def __init__(self, batch_size, steps_per_epoch, every_n_steps=PROGRESS_EVERY_N_STEPS,
+               print_fn=print):
+    self._batch_size = batch_size
+    self._steps_per_epoch = steps_per_epoch
+    self._every_n_steps = every_n_steps
+    self._print = print_fn
+    self._last = None
+
+  def begin(self):
+    self._last = None  # each train() call starts timing afresh
+    graph = tf.compat.v1.get_default_graph()
+    self._fetches = {name: graph.get_tensor_by_name(name + ':0')
+                     for name in ('cross_entropy', 'train_accuracy', 'learning_rate')}
+    self._fetches['global_step'] = tf.compat.v1.train.get_global_step()
+
+  def before_run(self, run_context):
+    return tf.compat.v1.train.SessionRunArgs(self._fetches)
+
+  def after_run(self, run_context, run_values):
+    values = run_values.results
+    step = int(values['global_step'])
+    now = time.monotonic()
+    if self._last is None:
+      self._last = (step, now)
+      return
+    if step - self._last[0] < self._every_n_steps:
+      return
+    rate = (step - self._last[0]) * self._batch_size / (now - self._last[1])
+    epoch = step / self._steps_per_epoch
+    steps_left = self._steps_per_epoch - step % self._steps_per_epoch
+    eta = steps_left * self._batch_size / rate
+    self._print('step %d (epoch %.2f): loss %.4f, accuracy %.3f, learning rate %.5f, '
+                '%.1f examples/s, epoch ends in %dm%02ds' % (
+                    step, epoch, values['cross_entropy'], values['train_accuracy'],
+                    values['learning_rate'], rate, eta // 60, eta % 60))
+    sys.stdout.flush()
+    self._last = (step, now)
+
+
+def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
+                num_train_images, params):
+  """Trains and evaluates in cycles, stops early, and exports.
+
+  Args:
+    flags_obj: parsed flags (read here, passed down as values).
+    model_function: the Estimator model_fn (resnet_model_fn, or a wrapper).
+    input_function: fn(is_training, data_dir, batch_size, num_epochs, dtype, seed) -> Dataset.
+    dataset_name: for logs and flags.json.
+    shape: [h, w, c] of one image (for the serving input).
+    num_train_images: training examples per epoch (for step counts).
+    params: the model_fn params (see resnet_model_fn).
+
+  Returns:
+    dict of the last evaluation's results (accuracy, accuracy_top_5, loss, global_step), plus
+    'export_path' when exported.
+  """
+  model_dir = flags_obj.model_dir
+  if flags_obj.clean and os.path.isdir(model_dir):
+    shutil.rmtree(model_dir)
+  os.makedirs(model_dir, exist_ok=True)
+  run_record.write_flags(model_dir, flags_core.flags_dict(flags_obj), extra={
+      'model': 'resnet', 'dataset': dataset_name, 'image_shape': list(shape),
+      'train_examples': num_train_images})
+
+  threads = override_flags_and_set_envars_for_gpu_thread_pool(flags_obj)
+  session_config = tf.compat.v1.ConfigProto(
+      inter_op_parallelism_threads=threads['inter_op_parallelism_threads'],
+      intra_op_parallelism_threads=flags_obj.intra_op_parallelism_threads,
+      allow_soft_placement=True)
+  run_config = tf.estimator.RunConfig(
+      model_dir=model_dir, tf_random_seed=flags_obj.seed, session_config=session_config,
+      save_checkpoints_secs=60 * 10, keep_checkpoint_max=5, log_step_count_steps=1000)
+  warm_start = None
+  if flags_obj.pretrained_model_checkpoint_path:
+    # Everything but the final dense layer, whose class count may differ.
+    warm_start = tf.estimator.WarmStartSettings(
+        flags_obj.pretrained_model_checkpoint_path, vars_to_warm_start='^(?!.*dense)')
+  params = dict(params, dtype=flags_obj.dtype, loss_scale=flags_obj.loss_scale,
+                fine_tune=flags_obj.fine_tune, label_smoothing=flags_obj.label_smoothing,
+                weight_decay=flags_obj.weight_decay)
+  classifier = tf.estimator.Estimator(model_fn=model_function, model_dir=model_dir,
+                                      config=run_config, params=params,
+                                      warm_start_from=warm_start)
+
+  batch_size = flags_obj.batch_size
+  steps_per_epoch = math.ceil(num_train_images / batch_size)
+  dtype = DTYPES[flags_obj.dtype]
+  train_hooks = hooks_helper.get_train_hooks(flags_obj.hooks, model_dir, batch_size)
+  train_hooks.append(ProgressHook(batch_size, steps_per_epoch))
+
+  def input_fn_train(num_epochs):
+    return input_function(is_training=True, data_dir=flags_obj.data_dir,
+                          batch_size=batch_size, num_epochs=num_epochs, dtype=dtype,
+                          seed=flags_obj.seed,
+                          datasets_num_private_threads=threads['datasets_num_private_threads'])
+
+  def input_fn_eval():
+    return input_function(is_training=False, data_dir=flags_obj.data_dir,
+                          batch_size=flags_obj.batch_size, num_epochs=1, dtype=dtype)
+
+  eval_steps = None
+  if flags_obj.use_synthetic_data:
+    eval_steps = 2  # synthetic input repeats forever
+
+  epochs = flags_obj.train_epochs
+  cycle_ends = list(range(flags_obj.epochs_between_evals, epochs, flags_obj.epochs_between_evals))
+  cycle_ends.append(epochs)
+  if flags_obj.eval_only:
+    cycle_ends = []
+
+  results = {}
+  previous_end = 0
+  for cycle_end in cycle_ends:
+    max_steps = cycle_end * steps_per_epoch
+    if flags_obj.max_train_steps:
+      max_steps = min(max_steps, flags_obj.max_train_steps)
+    done = classifier.get_variable_value('global_step') if tf.train.latest_checkpoint(
+        model_dir) else 0
+    if done < max_steps:
+      started = time.monotonic()
+      print('Training epochs %d-%d of %d (steps %d to %d)' % (
+          previous_end + 1, cycle_end, epochs, done, max_steps))
+      try:
+        classifier.train(input_fn=lambda: input_fn_train(cycle_end - previous_end),
+                         hooks=train_hooks, max_steps=max_steps)
+      except KeyboardInterrupt:
+        run_record.append_metrics(model_dir, {'event': 'interrupted'})
+        raise
+      train_seconds = time.monotonic() - started
+      trained_steps = classifier.get_variable_value('global_step') - done
+    else:
+      train_seconds, trained_steps = 0.0, 0
+    results = _evaluate(classifier, input_fn_eval, eval_steps)
+    record = dict(results, epoch=cycle_end, seconds=train_seconds,
+                  epochs_trained=trained_steps / steps_per_epoch,
+                  examples_per_second=(trained_steps * batch_size / train_seconds
+                                       if train_seconds else None))
+    run_record.append_metrics(model_dir, record)
+    print('Epoch %d: test accuracy %.4f (top-5 %.4f), loss %.4f, %.1f s training' % (
+        cycle_end, results['accuracy'], results['accuracy_top_5'], results['loss'],
+        train_seconds))
+    sys.stdout.flush()
+    previous_end = cycle_end
+    if flags_obj.max_train_steps and results['global_step'] >= flags_obj.max_train_steps:
+      break
+    if flags_obj.stop_threshold and results['accuracy'] >= flags_obj.stop_threshold:
+      print('Stopping: test accuracy %.4f reached --stop_threshold=%s' % (
+          results['accuracy'], flags_obj.stop_threshold))
+      break
+
+  if flags_obj.eval_only or not results:
+    results = _evaluate(classifier, input_fn_eval, eval_steps)
+    run_record.append_metrics(model_dir, dict(results, event='eval_only'))
+    print('Test accuracy %.4f' % results['accuracy'])
+
+  if flags_obj.export_dir:
+    if flags_obj.image_bytes_as_serving_input:
+      receiver_fn = lambda: image_bytes_serving_input_fn(shape, dtype=tf.float32)
+    else:
+      receiver_fn = lambda: tensor_serving_input_fn(shape, dtype=tf.float32)
+    results['export_path'] = _export(classifier, flags_obj.export_dir, receiver_fn)
+    print('Exported SavedModel to %s' % results['export_path'])
+  return results
+
+
+def _export(classifier, export_dir, receiver_fn):
+  """Exports to export_dir/<timestamp>/; the Estimator writes a temp-* dir and renames it
+  when complete, and a failed export's temp-* dir is removed here."""
+  before = set(os.listdir(export_dir)) if os.path.isdir(export_dir) else set()
+  try:
+    path = classifier.export_saved_model(export_dir, receiver_fn)
+  except BaseException:
+    for name in set(os.listdir(export_dir)) - before if os.path.isdir(export_dir) else ():
+      if name.startswith('temp-'):
+        shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+    raise
+  return path.decode() if isinstance(path, bytes) else path
+
+
+def _evaluate(classifier, input_fn_eval, steps):
+  results = classifier.evaluate(input_fn=input_fn_eval, steps=steps)
+  return {key: (value.item() if hasattr(value, 'item') else value)
+          for key, value in results.items()}
+
+
+################################################################################
+# Flags
+################################################################################
+
+
+def define_resnet_flags(resnet_size_choices=None, flag_values=flags.FLAGS):
+  """Shared flags plus the ResNet run loop's own.
+
+  Args:
+    resnet_size_choices: the sizes --resnet_size accepts (all of resnet_model.RESNET_SIZES
+      by default).
+    flag_values: where to define them (tests pass a fresh absl FlagValues).
+  """
+  flags_core.define_base_flags(flag_values)
+  fv = {'flag_values': flag_values}
+  choices = [str(size) for size in (resnet_size_choices or sorted(resnet_model.RESNET_SIZES))]
+  flags.DEFINE_enum('resnet_size', '50', choices, 'The size of the ResNet model to use.', **fv)
+  flags.DEFINE_enum('resnet_version', str(resnet_model.DEFAULT_VERSION), ['1', '2'],
+                    'ResNet version: 1 (v1.5, stride on the 3x3 conv) or 2 (pre-activation).',
+                    **fv)
+  flags.DEFINE_enum('data_format', None, ['channels_first', 'channels_last'],
+                    'Tensor layout; default channels_first with a GPU, channels_last on CPU.',
+                    **fv)
+  flags.DEFINE_enum('dtype', 'fp32', list(DTYPES),
+                    'Compute precision; variables stay float32 (fp16 is for GPUs).', **fv)
+  flags.DEFINE_integer('loss_scale', None,
+                       'Loss scale for fp16 (default 128); 1 for fp32 and bf16.', **fv)
+  flags.DEFINE_float('weight_decay', 1e-4, 'L2 weight decay (batch-norm variables excluded).',
+                     **fv)
+  flags.DEFINE_float('momentum', 0.9, 'Momentum of the SGD optimizer.', **fv)
+  flags.DEFINE_float('base_learning_rate', 0.1,
+                     'Learning rate for a batch of 256 (scaled linearly with --batch_size).',
+                     **fv)
+  flags.DEFINE_float('warmup_epochs', 0.0, 'Linear learning-rate warm-up, in epochs.', **fv)
+  flags.DEFINE_float('label_smoothing', 0.0, 'Label smoothing of the cross-entropy (0..1).',
+                     **fv)
+  flags.DEFINE_boolean('fine_tune', False, 'Train only the final dense layer.', **fv)
+  flags.DEFINE_string('pretrained_model_checkpoint_path', None,
+                      'Warm-start every variable but the dense layer from this checkpoint.',
+                      **fv)
+  flags.DEFINE_boolean('eval_only', False, 'Only evaluate the latest checkpoint.', **fv)
+  flags.DEFINE_boolean('image_bytes_as_serving_input', False,
+                       'Export a model that takes encoded PNG/JPEG bytes instead of float '
+                       'images.', **fv)
+  flags.DEFINE_integer('datasets_num_private_threads', None,
+                       'Private thread pool size for the tf.data pipeline.', **fv)
+  flags.DEFINE_enum('tf_gpu_thread_mode', None, ['global', 'gpu_private', 'gpu_shared'],
+                    'GPU kernel-launch thread mode (TF_GPU_THREAD_MODE).', **fv)
+  flags.DEFINE_integer('per_gpu_thread_count', 0,
+                       'Threads per GPU with --tf_gpu_thread_mode (0: 2).', **fv)
+  flags.register_validator('loss_scale', lambda v: v is None or v > 0,
+                           message='--loss_scale must be positive', **fv)
+  flags.register_validator('weight_decay', lambda v: v >= 0,
+                           message='--weight_decay must be zero or more', **fv)
+  flags.register_validator('base_learning_rate', lambda v: v > 0,
+                           message='--base_learning_rate must be positive', **fv)
+  flags.register_validator('warmup_epochs', lambda v: v >= 0,
+                           message='--warmup_epochs must be zero or more', **fv)
+  flags.register_validator('label_smoothing', lambda v: 0 <= v < 1,
+                           message='--label_smoothing must be in [0, 1)', **fv)
+  flags.register_validator('datasets_num_private_threads', lambda v: v is None or v > 0,
+                           message='--datasets_num_private_threads must be positive', **fv)
+  flags.register_validator('per_gpu_thread_count', lambda v: v >= 0,
+                           message='--per_gpu_thread_count must be zero or more', **fv)
