@@ -150,7 +150,7 @@ def run_alexnet(flags_obj):
         data.image_shape, data.num_classes, flags_obj.learning_rate,
         optimizer=flags_obj.optimizer, init=flags_obj.init, seed=flags_obj.seed,
         learning_rate_decay_steps=decay_steps, learning_rate_decay_rate=flags_obj.lr_decay_rate)
-    saver = tf.compat.v1.train.Saver(max_to_keep=3)
+    saver = tf.compat.v1.train.Saver(max_to_keep=3, save_relative_paths=True)
     hooks = hooks_helper.get_train_hooks(flags_obj.hooks, model_dir, batch_size)
     runner = hooks_helper.HookedSessionRunner(hooks)
     config = tf.compat.v1.ConfigProto(

@@ -164,7 +164,8 @@ TrainGraph = collections.namedtuple('TrainGraph', [
 
 
 def build_train_graph(image_shape, num_classes, learning_rate, optimizer='adadelta', init='he',
-                      seed=0, learning_rate_decay_steps=None, learning_rate_decay_rate=1.0):
+                      seed=0, learning_rate_decay_steps=None, learning_rate_decay_rate=1.0,
+                      inputs=None):
   """Builds the report's training graph in the default graph.
 
   Placeholders `x` [None, h*w*c] float, `y` one-hot [None, num_classes] and `keep_prob`
@@ -175,13 +176,20 @@ def build_train_graph(image_shape, num_classes, learning_rate, optimizer='adadel
   Args:
     learning_rate_decay_steps: when set, the learning rate is multiplied by
       learning_rate_decay_rate every that many steps (staircase).
+    inputs: optional (images, one-hot labels) tensors, e.g. from tf.data, used in place of
+      the `x` and `y` placeholders (which are then placeholders with these as defaults).
 
   Returns:
     TrainGraph of the tensors and ops the run loop needs.
   """
   height, width, channels = image_shape
-  x = tf.compat.v1.placeholder(tf.float32, [None, height * width * channels], name='x')
-  y = tf.compat.v1.placeholder(tf.float32, [None, num_classes], name='y')
+  if inputs is None:
+    x = tf.compat.v1.placeholder(tf.float32, [None, height * width * channels], name='x')
+    y = tf.compat.v1.placeholder(tf.float32, [None, num_classes], name='y')
+  else:
+    x = tf.compat.v1.placeholder_with_default(inputs[0], [None, height * width * channels],
+                                              name='x')
+    y = tf.compat.v1.placeholder_with_default(inputs[1], [None, num_classes], name='y')
   keep_prob = tf.compat.v1.placeholder_with_default(1.0, [], name='keep_prob')
   global_step = tf.compat.v1.train.get_or_create_global_step()
   epoch = tf.compat.v1.Variable(0, trainable=False, name='epoch', dtype=tf.int64)

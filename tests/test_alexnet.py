@@ -301,3 +301,27 @@ def test_run_alexnet_script_end_to_end_on_tiny_data(tmp_path, learnable_idx_dir)
   assert all(row.rstrip().endswith('| ok |') for row in rows)
   assert '第 0 轮的熵损失' in result.stdout and '命中率' in result.stdout
   assert os.path.exists(os.path.join(runs, 'results.md'))
+
+
+def test_feeding_benchmark_runs_in_smoke_mode():
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'benchmarks', 'alexnet_feeding.py'),
+       '--batch_size=8', '--rounds=1', '--steps_per_window=2', '--num_examples=64'],
+      capture_output=True, text=True, timeout=600, env=ENV, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line.split('|')[1].strip() for line in result.stdout.splitlines()
+          if line.startswith('| ') and not line.startswith('| variant')]
+  assert rows == ['placeholder', 'tf.data', 'keras']
+
+
+def test_train_graph_can_take_its_inputs_from_tensors():
+  images, labels = _tiny_batch(count=8)
+  with tf.Graph().as_default():
+    graph = alexnet_model.build_train_graph((28, 28, 1), 10, 0.02,
+                                            inputs=(tf.constant(images), tf.constant(labels)))
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      from_tensors = sess.run(graph.logits)
+      fed = sess.run(graph.logits, {graph.x: images[:3]})
+  assert from_tensors.shape == (8, 10) and fed.shape == (3, 10)
+  np.testing.assert_allclose(fed, from_tensors[:3], rtol=1e-5, atol=1e-5)

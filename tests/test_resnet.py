@@ -365,3 +365,29 @@ def test_broken_data_file_exits_with_one_line(tmp_path, learnable_idx_dir):
   assert result.returncode == 1
   assert result.stderr.strip().splitlines()[-1].startswith(
       'error: t10k-images-idx3-ubyte.gz: corrupt gzip stream')
+
+
+def test_run_resnet_script_end_to_end_on_tiny_data(tmp_path, learnable_idx_dir):
+  runs = str(tmp_path / 'runs')
+  env = dict(ENV, DATA_DIR=learnable_idx_dir, MODEL_DIR=runs, PYTHON=sys.executable,
+             EPOCHS='1 2')
+  result = subprocess.run(['bash', os.path.join(REPO, 'run_resnet.sh'), '--num_filters=4',
+                           '--batch_size=50'], capture_output=True, text=True, timeout=600,
+                          env=env, cwd=REPO)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  rows = [line for line in result.stdout.splitlines() if line.startswith('| resnet18_')]
+  assert [row.split('|')[1].strip() for row in rows] == ['resnet18_1ep', 'resnet18_2ep']
+  assert [row.split('|')[3].strip() for row in rows] == ['1', '2']
+  assert [row.split('|')[6].strip() for row in rows] == ['0.8677', '-']  # report's figures
+  assert 'step ' not in result.stdout or 'examples/s' in result.stdout
+
+
+def test_stem_benchmark_runs_in_smoke_mode():
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'benchmarks', 'resnet_stems.py'), '--batch_size=2',
+       '--rounds=1', '--steps_per_window=1'], capture_output=True, text=True, timeout=600,
+      env=ENV, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line for line in result.stdout.splitlines() if line.startswith('| ') and
+          not line.startswith('| stem')]
+  assert [row.split('|')[1].strip() for row in rows] == ['mnist', 'cifar', 'imagenet']

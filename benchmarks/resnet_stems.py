@@ -1,0 +1,69 @@
+"""Training speed of ResNet stems for 28x28 MNIST, measured side by side.
+
+  python benchmarks/resnet_stems.py [--resnet_size=18] [--batch_size=128] [--rounds=5]
+
+Builds one training graph per stem (resnet_model_fn in TRAIN mode on a fixed random batch),
+then times interleaved windows of steps so that machine noise hits every stem alike. Prints
+median (min-max) examples/second per stem and the implied minutes per 60,000-image epoch.
+"""
+
+import statistics
+import time
+
+from absl import app
+from absl import flags
+import numpy as np
+import tensorflow as tf
+
+from mnist_cnn import resnet_main
+from official.resnet import resnet_run_loop
+
+flags.DEFINE_integer('resnet_size', 18, 'ResNet size.')
+flags.DEFINE_integer('batch_size', 128, 'Batch size.')
+flags.DEFINE_integer('rounds', 5, 'Interleaved timing windows per stem.')
+flags.DEFINE_integer('steps_per_window', 5, 'Training steps per window.')
+flags.DEFINE_list('stems', list(resnet_main.STEMS), 'Stems to compare.')
+EPOCH_IMAGES = 60000
+
+
+def _train_session(stem, resnet_size, batch_size):
+  graph = tf.Graph()
+  with graph.as_default():
+    rng = np.random.RandomState(0)
+    features = tf.constant(rng.rand(batch_size, 28, 28, 1).astype(np.float32))
+    labels = tf.constant(rng.randint(0, 10, batch_size).astype(np.int32))
+    params = {
+        'model': lambda dtype: resnet_main.MnistModel(resnet_size, 10, stem=stem,
+                                                      data_format='channels_last', dtype=dtype),
+        'num_classes': 10, 'weight_decay': 1e-4, 'momentum': 0.9, 'dtype': 'fp32',
+        'learning_rate_fn': lambda step: tf.constant(0.01)}
+    spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
+                                           params)
+    init = tf.compat.v1.global_variables_initializer()
+  session = tf.compat.v1.Session(graph=graph)
+  session.run(init)
+  for _ in range(3):  # warm-up: graph optimisation and oneDNN kernel selection
+    session.run(spec.train_op)
+  return session, spec.train_op
+
+
+def main(_):
+  f = flags.FLAGS
+  sessions = {stem: _train_session(stem, f.resnet_size, f.batch_size) for stem in f.stems}
+  rates = {stem: [] for stem in f.stems}
+  for _ in range(f.rounds):
+    for stem, (session, train_op) in sessions.items():
+      started = time.perf_counter()
+      for _ in range(f.steps_per_window):
+        session.run(train_op)
+      rates[stem].append(f.steps_per_window * f.batch_size / (time.perf_counter() - started))
+  print('| stem | examples/s median (min-max) | min/epoch (60k) |')
+  print('|---|---:|---:|')
+  for stem in f.stems:
+    median = statistics.median(rates[stem])
+    print('| %s | %.1f (%.1f-%.1f) | %.1f |' % (stem, median, min(rates[stem]),
+                                                 max(rates[stem]), EPOCH_IMAGES / median / 60))
+
+
+if __name__ == '__main__':
+  app.run(main)
