@@ -231,6 +231,9 @@ def run_alexnet(flags_obj):
 
 
 def main(_):
+  # TF's INFO log is noise here, except for the output of hooks the user asked for.
+  tf.compat.v1.logging.set_verbosity(
+      tf.compat.v1.logging.INFO if flags.FLAGS.hooks else tf.compat.v1.logging.ERROR)
   try:
     run_alexnet(flags.FLAGS)
   except input_data.DATA_ERRORS as e:
@@ -238,6 +241,5 @@ def main(_):
 
 
 if __name__ == '__main__':
-  tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
   define_alexnet_flags()
   app.run(main)

@@ -275,8 +275,12 @@ def load_idx_dataset(data_dir, num_classes=None, source_url=DEFAULT_SOURCE_URL):
 
 
 @functools.lru_cache(maxsize=2)
-def _load_cached(data_dir, num_classes, source_url):
-  """Keeps the last loads so an Estimator's repeated input_fn calls read the files once."""
+def load_idx_dataset_cached(data_dir, num_classes=None, source_url=DEFAULT_SOURCE_URL):
+  """`load_idx_dataset`, remembering the last two loads.
+
+  An Estimator calls its input_fn again for every train and eval cycle; this way the files are
+  read and validated once per process. The arrays are shared: do not modify them.
+  """
   return load_idx_dataset(data_dir, num_classes, source_url)
 
 
@@ -424,7 +428,7 @@ def read_data_sets(data_dir, one_hot=False, validation_size=DEFAULT_VALIDATION_S
   Raises:
     FileNotFoundError, IdxFormatError, ValueError: see `load_idx_dataset` and `split_sizes`.
   """
-  raw = _load_cached(data_dir, num_classes, source_url)
+  raw = load_idx_dataset_cached(data_dir, num_classes, source_url)
   split_sizes(len(raw.train_images), validation_size)
   image_shape = raw.train_images.shape[1:] + (NUM_CHANNELS,)
 
@@ -506,12 +510,6 @@ def arrays_input_fn(images, labels, is_training, batch_size, num_epochs=1, dtype
       drop_remainder=drop_remainder, seed=seed)
 
 
-def num_examples(data_dir, validation_size=0):
-  """(training examples after the validation split, test examples) in data_dir's files."""
-  raw = _load_cached(data_dir, None, DEFAULT_SOURCE_URL)
-  return len(raw.train_images) - validation_size, len(raw.test_images)
-
-
 def input_fn(is_training, data_dir, batch_size, num_epochs=1, dtype=tf.float32, seed=None,
              validation_size=0, shift_pixels=0, datasets_num_private_threads=None,
              drop_remainder=False):
@@ -523,7 +521,7 @@ def input_fn(is_training, data_dir, batch_size, num_epochs=1, dtype=tf.float32, 
   Returns:
     tf.data.Dataset of (images [B, rows, cols, 1] dtype, labels [B] int32).
   """
-  raw = _load_cached(data_dir, None, DEFAULT_SOURCE_URL)
+  raw = load_idx_dataset_cached(data_dir, None, DEFAULT_SOURCE_URL)
   if is_training:
     split_sizes(len(raw.train_images), validation_size)
     images, labels = raw.train_images[validation_size:], raw.train_labels[validation_size:]

@@ -93,7 +93,7 @@ def run_resnet(flags_obj):
     num_train_images = SYNTHETIC_TRAIN_IMAGES
     input_function = resnet_run_loop.get_synth_input_fn(*image_shape, num_classes)
   else:
-    raw = input_data.load_idx_dataset(flags_obj.data_dir)
+    raw = input_data.load_idx_dataset_cached(flags_obj.data_dir)
     image_shape = raw.train_images.shape[1:] + (input_data.NUM_CHANNELS,)
     num_classes = raw.num_classes
     num_train_images = len(raw.train_images)
@@ -124,6 +124,9 @@ def run_resnet(flags_obj):
 
 
 def main(_):
+  # TF's INFO log is noise here, except for the output of hooks the user asked for.
+  tf.compat.v1.logging.set_verbosity(
+      tf.compat.v1.logging.INFO if flags.FLAGS.hooks else tf.compat.v1.logging.ERROR)
   try:
     run_resnet(flags.FLAGS)
   except input_data.DATA_ERRORS as e:
@@ -131,6 +134,5 @@ def main(_):
 
 
 if __name__ == '__main__':
-  tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
   define_mnist_flags()
   app.run(main)
