@@ -228,7 +228,7 @@ def test_stop_threshold_and_max_train_steps_end_the_run_early(tmp_path, learnabl
 def test_hooks_run_inside_the_session_loop(tmp_path, capsys):
   result = alexnet_main.run_alexnet(make_flags([
       '--use_synthetic_data', '--model_dir=%s' % tmp_path, '--train_epochs=1',
-      '--hooks=LoggingTensorHook,ExamplesPerSecondHook,StepCounterHook',
+      '--hooks=LoggingTensorHook,ExamplesPerSecondHook,StepCounterHook,ProfilerHook',
       '--batch_size=64']))
   assert result['global_step'] == 16
   assert any(n.startswith('events.out.tfevents') for n in os.listdir(tmp_path))

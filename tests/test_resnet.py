@@ -391,3 +391,18 @@ def test_stem_benchmark_runs_in_smoke_mode():
   rows = [line for line in result.stdout.splitlines() if line.startswith('| ') and
           not line.startswith('| stem')]
   assert [row.split('|')[1].strip() for row in rows] == ['mnist', 'cifar', 'imagenet']
+
+
+def test_warm_start_with_fine_tune_keeps_pretrained_convolutions(tmp_path, learnable_idx_dir):
+  _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=1'], name='pretrained')
+  pretrained = tf.train.latest_checkpoint(str(tmp_path / 'pretrained'))
+  _run_main(tmp_path, learnable_idx_dir, [
+      '--train_epochs=1', '--max_train_steps=2', '--fine_tune',
+      '--pretrained_model_checkpoint_path=%s' % pretrained], name='tuned')
+  before = tf.train.load_checkpoint(pretrained)
+  after = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / 'tuned')))
+  assert after.get_tensor('global_step') == 2
+  kernel = 'resnet_model/conv2d/kernel'
+  np.testing.assert_array_equal(after.get_tensor(kernel), before.get_tensor(kernel))
+  dense = 'resnet_model/dense/kernel'
+  assert not np.array_equal(after.get_tensor(dense), before.get_tensor(dense))
