@@ -15,7 +15,6 @@ import time
 
 from absl import app
 from absl import flags
-import numpy as np
 import tensorflow as tf
 
 from mnist_cnn import alexnet_model

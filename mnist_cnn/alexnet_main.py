@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_cnn import alexnet_model
+from mnist_cnn import cli
 from mnist_cnn import input_data
 from official.utils import export
 from official.utils.flags import core as flags_core
@@ -231,13 +232,7 @@ def run_alexnet(flags_obj):
 
 
 def main(_):
-  # TF's INFO log is noise here, except for the output of hooks the user asked for.
-  tf.compat.v1.logging.set_verbosity(
-      tf.compat.v1.logging.INFO if flags.FLAGS.hooks else tf.compat.v1.logging.ERROR)
-  try:
-    run_alexnet(flags.FLAGS)
-  except input_data.DATA_ERRORS as e:
-    sys.exit('error: %s' % e)
+  cli.run_main(run_alexnet, flags.FLAGS)
 
 
 if __name__ == '__main__':

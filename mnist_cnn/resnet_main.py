@@ -15,12 +15,11 @@ whole schedule, too), after a short linear warm-up; training images are shifted 
 --shift_pixels pixels.
 """
 
-import sys
 
 from absl import app
 from absl import flags
-import tensorflow as tf
 
+from mnist_cnn import cli
 from mnist_cnn import input_data
 from official.resnet import resnet_model
 from official.resnet import resnet_run_loop
@@ -124,13 +123,7 @@ def run_resnet(flags_obj):
 
 
 def main(_):
-  # TF's INFO log is noise here, except for the output of hooks the user asked for.
-  tf.compat.v1.logging.set_verbosity(
-      tf.compat.v1.logging.INFO if flags.FLAGS.hooks else tf.compat.v1.logging.ERROR)
-  try:
-    run_resnet(flags.FLAGS)
-  except input_data.DATA_ERRORS as e:
-    sys.exit('error: %s' % e)
+  cli.run_main(run_resnet, flags.FLAGS)
 
 
 if __name__ == '__main__':
