@@ -52,7 +52,7 @@ def _cell(value, fmt):
 
 
 def format_table(summaries):
-  lines = ['| run | model | epochs | final loss | test accuracy | report accuracy | s/epoch | '
+  lines = ['| run | model | epochs | final loss | test accuracy | report, same epochs | s/epoch | '
            'status |', '|---|---|---:|---:|---:|---:|---:|---|']
   for s in summaries:
     lines.append('| %s | %s | %s | %s | %s | %s | %s | %s |' % (

@@ -406,3 +406,15 @@ def test_warm_start_with_fine_tune_keeps_pretrained_convolutions(tmp_path, learn
   np.testing.assert_array_equal(after.get_tensor(kernel), before.get_tensor(kernel))
   dense = 'resnet_model/dense/kernel'
   assert not np.array_equal(after.get_tensor(dense), before.get_tensor(dense))
+
+
+def test_pipeline_benchmark_runs_in_smoke_mode():
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'benchmarks', 'resnet_pipeline.py'),
+       '--num_filters=4', '--batch_size=8', '--rounds=2', '--steps_per_window=2',
+       '--warmup_steps=1'], capture_output=True, text=True, timeout=600, env=ENV, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line.split('|') for line in result.stdout.splitlines()
+          if line.startswith('| ') and not line.startswith('| variant')]
+  assert [row[1].strip() for row in rows] == ['estimator', 'session', 'keras']
+  assert all(float(row[2].split()[0]) > 0 for row in rows)
