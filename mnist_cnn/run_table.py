@@ -39,8 +39,8 @@ def summarize_run(run_dir):
     return summary
   last = evals[-1]
   summary.update(
-      epochs=last.get('epoch'), accuracy=last['accuracy'], loss=last.get('train_loss_sum',
-                                                                         last.get('loss')),
+      epochs=last.get('epoch'), accuracy=last['accuracy'],
+      loss=last.get('train_loss_sum', last.get('cross_entropy', last.get('loss'))),
       seconds_per_epoch=(sum(r['seconds'] for r in epochs) / len(epochs)) if epochs else None,
       report=REPORT_ACCURACY.get(model, {}).get(last.get('epoch')),
       status='interrupted' if interrupted else 'ok')

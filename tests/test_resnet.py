@@ -133,7 +133,7 @@ def test_model_fn_eval_mode_gives_loss_and_accuracy_metrics():
     features, labels = _features_and_labels()
     spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.EVAL,
                                            _params())
-    assert set(spec.eval_metric_ops) == {'accuracy', 'accuracy_top_5'}
+    assert set(spec.eval_metric_ops) == {'accuracy', 'accuracy_top_5', 'cross_entropy'}
     assert spec.train_op is None
     with tf.compat.v1.Session() as sess:
       sess.run([tf.compat.v1.global_variables_initializer(),

@@ -251,7 +251,9 @@ def resnet_model_fn(features, labels, mode, params):
   accuracy = tf.compat.v1.metrics.accuracy(labels, predictions['classes'])
   accuracy_top_5 = tf.compat.v1.metrics.mean(
       tf.nn.in_top_k(predictions=logits, targets=labels, k=min(5, num_classes)))
-  metrics = {'accuracy': accuracy, 'accuracy_top_5': accuracy_top_5}
+  # The EstimatorSpec's loss includes weight decay; report the data term on its own too.
+  metrics = {'accuracy': accuracy, 'accuracy_top_5': accuracy_top_5,
+             'cross_entropy': tf.compat.v1.metrics.mean(cross_entropy)}
   train_accuracy = tf.identity(
       tf.reduce_mean(tf.cast(tf.equal(tf.cast(predictions['classes'], tf.int32), labels),
                              tf.float32)), name='train_accuracy')
@@ -427,9 +429,10 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
                   examples_per_second=(trained_steps * batch_size / train_seconds
                                        if train_seconds else None))
     run_record.append_metrics(model_dir, record)
-    print('Epoch %d: test accuracy %.4f (top-5 %.4f), loss %.4f, %.1f s training' % (
-        cycle_end, results['accuracy'], results['accuracy_top_5'], results['loss'],
-        train_seconds))
+    print('Epoch %d: test accuracy %.4f (top-5 %.4f), cross-entropy %.4f, loss with weight '
+          'decay %.4f, %.1f s training' % (
+              cycle_end, results['accuracy'], results['accuracy_top_5'],
+              results['cross_entropy'], results['loss'], train_seconds))
     sys.stdout.flush()
     previous_end = cycle_end
     if flags_obj.max_train_steps and results['global_step'] >= flags_obj.max_train_steps:
