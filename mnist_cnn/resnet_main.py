@@ -3,18 +3,19 @@
   python -m mnist_cnn.resnet_main --resnet_size=18 --data_dir=DIR --model_dir=DIR
 
 The network is the ImageNet-family ResNet (official/resnet/resnet_model.py) with a stem for
-28x28x1 digits. Stems, measured here (ResNet-18, batch 128, 2-core CPU; see README):
-- 'mnist' (default): 3x3/1 convolution, then 2x2/2 max-pool. Stages run at 14, 7, 4, 2 pixels.
-- 'cifar': 3x3/1 convolution, no pool. Stages at 28, 14, 7, 4: about 4x the compute of 'mnist'
-  for little or no accuracy gain on digits.
-- 'imagenet': 7x7/2 convolution and 3x3/2 max-pool, as for 224x224 inputs. Stages at 7, 4, 2, 1:
-  fast, but too coarse for 28x28 images and clearly less accurate.
+28x28x1 digits. Stems, measured here (ResNet-18, batch 128, 2-core CPU; README has the tables):
+- 'mnist' (default): 3x3/1 convolution, then 2x2/2 max-pool; stages at 14, 7, 4, 2 pixels.
+  197 examples/s; 98.21% after 1 epoch, 99.59% after 6 (33.8 min).
+- 'cifar': 3x3/1 convolution, no pool; stages at 28, 14, 7, 4. 2.4x slower (82 examples/s).
+- 'imagenet': 7x7/2 convolution and 3x3/2 max-pool, as for 224x224 inputs; stages at 7, 4, 2, 1.
+  2.9x faster (571 examples/s); 98.72% after 1 epoch, 99.43% after 6 (12.3 min).
+'mnist' is the default as the only measured stem that reaches 99.5% in 6 epochs; 'imagenet' is
+the quick alternative.
 
 The learning rate is step-decayed at fixed fractions of --train_epochs (so a 1-epoch run gets a
 whole schedule, too), after a short linear warm-up; training images are shifted by up to
 --shift_pixels pixels.
 """
-
 
 from absl import app
 from absl import flags
