@@ -201,6 +201,7 @@ def maybe_download(data_dir, source_url=DEFAULT_SOURCE_URL, checksums=None, time
     return paths
   if not source_url:
     raise _missing_files_error(data_dir, missing, 'downloading is off')
+  created = not os.path.isdir(data_dir)
   try:
     os.makedirs(data_dir, exist_ok=True)
     for name in missing:
@@ -208,6 +209,8 @@ def maybe_download(data_dir, source_url=DEFAULT_SOURCE_URL, checksums=None, time
       _download(source_url.rstrip('/') + '/' + name, dest, checksums.get(name), timeout)
       paths[name] = dest
   except (urllib.error.URLError, OSError) as e:
+    if created and not os.listdir(data_dir):
+      os.rmdir(data_dir)  # leave no empty directory behind a failed first download
     raise _missing_files_error(data_dir, [n for n in missing if paths[n] is None],
                                'download from %s failed: %s' % (source_url, e)) from None
   return paths

@@ -175,6 +175,7 @@ def test_unreachable_mirror_gives_the_same_clear_error(tmp_path):
   with pytest.raises(FileNotFoundError, match='download from http://127.0.0.1:%d/ failed' % port):
     input_data.maybe_download(str(tmp_path / 'd'), source_url='http://127.0.0.1:%d/' % port,
                               timeout=5)
+  assert not os.path.exists(tmp_path / 'd')
 
 
 @pytest.fixture
