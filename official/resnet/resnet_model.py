@@ -87,13 +87,16 @@ def batch_norm(inputs, training, data_format):
     # Scale and offset stay float32 even for float16 inputs, as the fused kernel requires.
     gamma, beta = tf.cast(gamma, tf.float32), tf.cast(beta, tf.float32)
     if training:
-      outputs, mean, variance = tf.compat.v1.nn.fused_batch_norm(
-          inputs, gamma, beta, epsilon=BATCH_NORM_EPSILON, data_format=fused_format,
-          is_training=True)
-      for variable, value in ((moving_mean, mean), (moving_variance, variance)):
-        update = tf.compat.v1.assign_sub(
-            variable, (variable - tf.cast(value, tf.float32)) * (1.0 - BATCH_NORM_DECAY))
-        tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS, update)
+      # The kernel itself blends batch statistics into the moving averages
+      # (exponential_avg_factor); the assigns only store what it returns.
+      outputs, new_mean, new_variance = tf.compat.v1.nn.fused_batch_norm(
+          inputs, gamma, beta, mean=tf.cast(moving_mean, tf.float32),
+          variance=tf.cast(moving_variance, tf.float32), epsilon=BATCH_NORM_EPSILON,
+          data_format=fused_format, is_training=True,
+          exponential_avg_factor=1.0 - BATCH_NORM_DECAY)
+      for variable, value in ((moving_mean, new_mean), (moving_variance, new_variance)):
+        tf.compat.v1.add_to_collection(tf.compat.v1.GraphKeys.UPDATE_OPS,
+                                       tf.compat.v1.assign(variable, value))
     else:
       outputs, _, _ = tf.compat.v1.nn.fused_batch_norm(
           inputs, gamma, beta, mean=tf.cast(moving_mean, tf.float32),
@@ -124,7 +127,7 @@ def fixed_padding(inputs, kernel_size, data_format):
 
 def conv2d_fixed_padding(inputs, filters, kernel_size, strides, data_format):
   """Convolution without bias; strided ones use explicit fixed padding and VALID."""
-  if strides > 1:
+  if strides > 1 and kernel_size > 1:  # a 1x1 kernel needs no padding
     inputs = fixed_padding(inputs, kernel_size, data_format)
   channels_first = data_format == 'channels_first'
   in_channels = int(inputs.shape[1 if channels_first else 3])
