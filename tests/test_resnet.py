@@ -304,8 +304,6 @@ def test_end_to_end_on_tiny_idx_data_with_export_loaded_in_a_fresh_process(
   exported = np.load(str(tmp_path / 'probs.npy'))
 
   # The Estimator's own predictions from the checkpoint agree with the export.
-  flag_values = make_flags(['--model_dir=%s' % model_dir, '--num_filters=4'])
-  del flag_values
   estimator = tf.estimator.Estimator(
       resnet_run_loop.resnet_model_fn, model_dir=model_dir,
       params=_params(model=lambda dtype: resnet_main.MnistModel(
