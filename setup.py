@@ -30,6 +30,8 @@ setuptools.setup(
         'tensorflow-metadata>=1.13,<1.16',  # newer ones need protobuf 5, TF 2.15 has 4.
         'absl-py>=1.0,<3',
         'numpy>=1.23,<2',
+        'matplotlib>=3.7,<3.10',  # the report's plots (headless Agg backend)
+        'aiohttp>=3.9,<4',  # the REST model server
     ],
     extras_require={
         # For installs from an index; from a checkout prefer MNIST_CNN_GPU=1 (see README).

@@ -22,6 +22,7 @@ from mnist_cnn import alexnet_model
 from mnist_cnn import cli
 from mnist_cnn import input_data
 from official.utils import export
+from official.utils import interrupt
 from official.utils.flags import core as flags_core
 from official.utils.logs import hooks_helper
 from official.utils.logs import run_record
@@ -90,30 +91,37 @@ def evaluate(sess, graph, dataset, batch_size):
 def export_model(checkpoint_path, export_dir, image_shape, num_classes):
   """Exports the checkpoint as a SavedModel under export_dir/<version>/.
 
-  The serving graph has one float input `images` that takes [N, h*w*c] or [N, h, w, c] in
-  [0, 1], and outputs `classes` (int64) and `probabilities` (float32 [N, num_classes]).
+  Signatures (official/utils/export.py): `serving_default` takes float images `images` in
+  [0, 1], [N, h*w*c] or [N, h, w, c]; `image_bytes:serving_default` takes encoded images
+  `image_bytes` [N]. Both output `classes` (int64) and `probabilities` (float32
+  [N, num_classes]).
 
   Returns:
     The export path.
   """
   def write(path):
     with tf.Graph().as_default() as graph:
-      images = tf.compat.v1.placeholder(tf.float32, None, name='images')
+      images_input, image_bytes_input, images = export.serving_inputs(
+          image_shape, accept_flat=True)
       flat = tf.reshape(images, [-1, int(np.prod(image_shape))])
       weights, biases = alexnet_model.make_variables(image_shape, num_classes)
       logits = alexnet_model.alexnet(flat, weights, biases, 1.0, image_shape)
-      probabilities = tf.nn.softmax(logits, name='probabilities')
-      classes = tf.argmax(logits, 1, name='classes')
+      outputs = {'classes': tf.argmax(logits, 1, name='classes'),
+                 'probabilities': tf.nn.softmax(logits, name='probabilities')}
       saver = tf.compat.v1.train.Saver(list(weights.values()) + list(biases.values()))
       with tf.compat.v1.Session(graph=graph) as sess:
         saver.restore(sess, checkpoint_path)
-        signature = tf.compat.v1.saved_model.predict_signature_def(
-            inputs={'images': images},
-            outputs={'classes': classes, 'probabilities': probabilities})
+        signatures = {
+            export.DEFAULT_SIGNATURE: tf.compat.v1.saved_model.predict_signature_def(
+                inputs={export.IMAGES_INPUT: images_input}, outputs=outputs),
+            export.alternative_signature(export.IMAGE_BYTES_INPUT):
+                tf.compat.v1.saved_model.predict_signature_def(
+                    inputs={export.IMAGE_BYTES_INPUT: image_bytes_input}, outputs=outputs),
+        }
         builder = tf.compat.v1.saved_model.Builder(path)
         builder.add_meta_graph_and_variables(
             sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
-            signature_def_map={'serving_default': signature}, strip_default_attrs=True)
+            signature_def_map=signatures, strip_default_attrs=True)
         builder.save()
   return export.export_atomically(export_dir, write)
 
@@ -151,6 +159,7 @@ def run_alexnet(flags_obj):
         data.image_shape, data.num_classes, flags_obj.learning_rate,
         optimizer=flags_obj.optimizer, init=flags_obj.init, seed=flags_obj.seed,
         learning_rate_decay_steps=decay_steps, learning_rate_decay_rate=flags_obj.lr_decay_rate)
+    num_parameters = run_record.count_parameters(tf.compat.v1.trainable_variables())
     saver = tf.compat.v1.train.Saver(max_to_keep=3, save_relative_paths=True)
     hooks = hooks_helper.get_train_hooks(flags_obj.hooks, model_dir, batch_size)
     runner = hooks_helper.HookedSessionRunner(hooks)
@@ -171,42 +180,50 @@ def run_alexnet(flags_obj):
       step, start_epoch = sess.run([graph.global_step, graph.epoch])
       record = {}
       try:
-        for epoch in range(start_epoch, flags_obj.train_epochs):
-          if flags_obj.max_train_steps and step >= flags_obj.max_train_steps:
-            break
-          data.train.restart(seed=flags_obj.seed + epoch)
-          started = time.monotonic()
-          losses = []
-          for _ in range(steps_per_epoch):
-            images, labels = data.train.next_batch(batch_size)
-            _, loss = runner.run(
-                [graph.train_op, graph.cross_entropy],
-                {graph.x: images, graph.y: labels, graph.keep_prob: flags_obj.dropout})
-            step += 1
-            losses.append(loss)
+        with interrupt.StopOnInterrupt() as stop:
+          for epoch in range(start_epoch, flags_obj.train_epochs):
             if flags_obj.max_train_steps and step >= flags_obj.max_train_steps:
               break
-          seconds = time.monotonic() - started
-          epoch_done = len(losses) == steps_per_epoch
-          if epoch_done:
-            sess.run(graph.increment_epoch)
-          saver.save(sess, os.path.join(model_dir, CHECKPOINT_PREFIX), global_step=step)
-          record = {
-              'epoch': epoch + 1, 'global_step': int(step), 'epoch_complete': epoch_done,
-              'train_loss_sum': float(np.sum(losses)), 'train_loss_mean': float(np.mean(losses)),
-              'seconds': seconds, 'examples_per_second': len(losses) * batch_size / seconds}
-          last_epoch = epoch + 1 == flags_obj.train_epochs or not epoch_done
-          if (epoch + 1) % flags_obj.epochs_between_evals == 0 or last_epoch:
-            accuracy, correct = evaluate(sess, graph, data.test, flags_obj.eval_batch_size)
-            record.update(accuracy=accuracy, correct=correct,
-                          test_examples=data.test.num_examples)
-          run_record.append_metrics(model_dir, record)
-          _print_epoch(epoch, record, flags_obj.report_words)
-          if (flags_obj.stop_threshold and record.get('accuracy', 0) >=
-              flags_obj.stop_threshold):
-            print('Stopping: test accuracy %.4f reached --stop_threshold=%s' %
-                  (record['accuracy'], flags_obj.stop_threshold))
-            break
+            data.train.restart(seed=flags_obj.seed + epoch)
+            started = time.monotonic()
+            losses = []
+            for _ in range(steps_per_epoch):
+              images, labels = data.train.next_batch(batch_size)
+              _, loss = runner.run(
+                  [graph.train_op, graph.cross_entropy],
+                  {graph.x: images, graph.y: labels, graph.keep_prob: flags_obj.dropout})
+              step += 1
+              losses.append(loss)
+              if flags_obj.max_train_steps and step >= flags_obj.max_train_steps:
+                break
+              if stop.requested:
+                break
+            seconds = time.monotonic() - started
+            epoch_done = len(losses) == steps_per_epoch
+            if epoch_done:
+              sess.run(graph.increment_epoch)
+            saver.save(sess, os.path.join(model_dir, CHECKPOINT_PREFIX), global_step=step)
+            record = {
+                'epoch': epoch + 1, 'global_step': int(step), 'epoch_complete': epoch_done,
+                'train_loss_sum': float(np.sum(losses)),
+                'train_loss_mean': float(np.mean(losses)),
+                'seconds': seconds, 'examples_per_second': len(losses) * batch_size / seconds,
+                'num_parameters': num_parameters}
+            last_epoch = epoch + 1 == flags_obj.train_epochs or not epoch_done
+            if stop.requested:
+              run_record.append_metrics(model_dir, record)
+              raise KeyboardInterrupt  # saved above; recorded and reported below
+            if (epoch + 1) % flags_obj.epochs_between_evals == 0 or last_epoch:
+              accuracy, correct = evaluate(sess, graph, data.test, flags_obj.eval_batch_size)
+              record.update(accuracy=accuracy, correct=correct,
+                            test_examples=data.test.num_examples)
+            run_record.append_metrics(model_dir, record)
+            _print_epoch(epoch, record, flags_obj.report_words)
+            if (flags_obj.stop_threshold and record.get('accuracy', 0) >=
+                flags_obj.stop_threshold):
+              print('Stopping: test accuracy %.4f reached --stop_threshold=%s' %
+                    (record['accuracy'], flags_obj.stop_threshold))
+              break
       except KeyboardInterrupt:
         run_record.append_metrics(model_dir, {'event': 'interrupted', 'global_step': int(step)})
         print('Interrupted; the last complete checkpoint in %s is intact.' % model_dir)

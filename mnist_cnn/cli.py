@@ -1,10 +1,24 @@
 """What every command-line main does around its run function."""
 
+import os
 import sys
 
 import tensorflow as tf
 
 from mnist_cnn import input_data
+from official.utils.logs import run_record
+
+
+def _record_event(model_dir, event, **fields):
+  """Marks how a run ended in its metrics.json, when the run got as far as writing flags.json.
+
+  The report generator reads these marks to tell a finished run from a failed or cut one.
+  """
+  if model_dir and os.path.exists(os.path.join(model_dir, run_record.FLAGS_FILE)):
+    try:
+      run_record.append_metrics(model_dir, dict(fields, event=event))
+    except OSError:
+      pass  # the original error matters more than the mark
 
 
 def run_main(run_fn, flags_obj):
@@ -14,7 +28,14 @@ def run_main(run_fn, flags_obj):
   """
   tf.compat.v1.logging.set_verbosity(
       tf.compat.v1.logging.INFO if flags_obj.hooks else tf.compat.v1.logging.ERROR)
+  model_dir = getattr(flags_obj, 'model_dir', None)
   try:
-    return run_fn(flags_obj)
+    result = run_fn(flags_obj)
   except input_data.DATA_ERRORS as e:
+    _record_event(model_dir, 'failed', error=str(e))
     sys.exit('error: %s' % e)
+  except Exception as e:
+    _record_event(model_dir, 'failed', error='%s: %s' % (type(e).__name__, e))
+    raise
+  _record_event(model_dir, 'finished')
+  return result

@@ -285,24 +285,6 @@ def test_interrupted_run_keeps_its_last_checkpoint(tmp_path, learnable_idx_dir):
   assert records[-1]['event'] == 'interrupted'
 
 
-def test_run_alexnet_script_end_to_end_on_tiny_data(tmp_path, learnable_idx_dir):
-  runs = str(tmp_path / 'runs')
-  env = dict(ENV, DATA_DIR=learnable_idx_dir, MODEL_DIR=runs, PYTHON=sys.executable,
-             REPORT_EPOCHS_SHORT='1', REPORT_EPOCHS_LONG='2', TUNED_EPOCHS='2')
-  result = subprocess.run(['bash', os.path.join(REPO, 'run_alexnet.sh'), '--batch_size=50',
-                           '--validation_size=50'],
-                          capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  table = result.stdout[result.stdout.index('| run |'):]
-  rows = [line for line in table.splitlines() if line.startswith('| report_') or
-          line.startswith('| tuned')]
-  assert [row.split('|')[1].strip() for row in rows] == ['report_1ep', 'report_2ep', 'tuned']
-  assert [row.split('|')[3].strip() for row in rows] == ['1', '2', '2']
-  assert all(row.rstrip().endswith('| ok |') for row in rows)
-  assert '第 0 轮的熵损失' in result.stdout and '命中率' in result.stdout
-  assert os.path.exists(os.path.join(runs, 'results.md'))
-
-
 def test_feeding_benchmark_runs_in_smoke_mode():
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, 'benchmarks', 'alexnet_feeding.py'),

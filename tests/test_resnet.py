@@ -367,16 +367,19 @@ def test_broken_data_file_exits_with_one_line(tmp_path, learnable_idx_dir):
 
 def test_run_resnet_script_end_to_end_on_tiny_data(tmp_path, learnable_idx_dir):
   runs = str(tmp_path / 'runs')
-  env = dict(ENV, DATA_DIR=learnable_idx_dir, MODEL_DIR=runs, PYTHON=sys.executable,
+  env = dict(ENV, DATA_DIR=learnable_idx_dir, RUNS_DIR=runs, PYTHON=sys.executable,
              EPOCHS='1 2')
   result = subprocess.run(['bash', os.path.join(REPO, 'run_resnet.sh'), '--num_filters=4',
                            '--batch_size=50'], capture_output=True, text=True, timeout=600,
                           env=env, cwd=REPO)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  rows = [line for line in result.stdout.splitlines() if line.startswith('| resnet18_')]
-  assert [row.split('|')[1].strip() for row in rows] == ['resnet18_1ep', 'resnet18_2ep']
-  assert [row.split('|')[3].strip() for row in rows] == ['1', '2']
-  assert [row.split('|')[6].strip() for row in rows] == ['0.8677', '-']  # report's figures
+  rows = [[cell.strip() for cell in line.split('|')[1:-1]]
+          for line in result.stdout.splitlines() if line.startswith('| runs/resnet/')]
+  assert [row[0] for row in rows] == ['runs/resnet/resnet18_1ep', 'runs/resnet/resnet18_2ep']
+  assert [row[3] for row in rows] == ['1', '2']  # epochs
+  assert [row[-1] for row in rows] == ['ok', 'ok']
+  assert '| seed report | ResNet | report settings | 1 | 0.8677 |' in result.stdout
+  assert os.path.exists(os.path.join(runs, 'report', 'report.md'))
   assert 'step ' not in result.stdout or 'examples/s' in result.stdout
 
 

@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from official.resnet import resnet_model
+from official.utils import export
 from official.utils.flags import core as flags_core
 from official.utils.logs import hooks_helper
 from official.utils.logs import run_record
@@ -90,34 +91,27 @@ def get_synth_input_fn(height, width, num_channels, num_classes):
   return synth_input_fn
 
 
-def _decode_image(image_bytes, height, width, num_channels):
-  """PNG/JPEG/GIF/BMP bytes -> float32 [height, width, num_channels] in [0, 1]."""
-  image = tf.io.decode_image(image_bytes, channels=num_channels, expand_animations=False)
-  image = tf.image.convert_image_dtype(image, tf.float32)
-  image = tf.image.resize(image, [height, width], antialias=True)
-  return tf.ensure_shape(image, [height, width, num_channels])
+def serving_input_fn(image_shape, image_bytes_default=False):
+  """Serving input with both signatures (see official/utils/export.py); `serving_default`
+  takes float images, or encoded images when image_bytes_default is set, and the other input
+  gets the Estimator's alternative signature `<input>:serving_default`."""
+  images_input, image_bytes_input, images = export.serving_inputs(image_shape)
+  receivers = {export.IMAGES_INPUT: {export.IMAGES_INPUT: images_input},
+               export.IMAGE_BYTES_INPUT: {export.IMAGE_BYTES_INPUT: image_bytes_input}}
+  default = export.IMAGE_BYTES_INPUT if image_bytes_default else export.IMAGES_INPUT
+  alternatives = {name: tensors for name, tensors in receivers.items() if name != default}
+  return tf.estimator.export.ServingInputReceiver(
+      images, receivers[default], receiver_tensors_alternatives=alternatives)
 
 
-def decode_image_batch(image_bytes, image_shape, dtype=tf.float32):
-  """A batch of encoded images [N] string -> [N, h, w, c] in [0, 1], converted to grayscale
-  when c is 1 and resized to the model's input."""
-  height, width, num_channels = image_shape
-  images = tf.map_fn(lambda one: _decode_image(one, height, width, num_channels), image_bytes,
-                     fn_output_signature=tf.float32)
-  return tf.cast(images, dtype)
+def image_bytes_serving_input_fn(image_shape):
+  """Serving input whose default signature takes encoded images (`image_bytes`, [None])."""
+  return serving_input_fn(image_shape, image_bytes_default=True)
 
 
-def image_bytes_serving_input_fn(image_shape, dtype=tf.float32):
-  """Serving input that takes a batch of encoded images (`image_bytes`, [None] string)."""
-  image_bytes = tf.compat.v1.placeholder(tf.string, [None], name='image_bytes')
-  images = decode_image_batch(image_bytes, image_shape, dtype)
-  return tf.estimator.export.ServingInputReceiver(images, {'image_bytes': image_bytes})
-
-
-def tensor_serving_input_fn(image_shape, dtype=tf.float32):
-  """Serving input that takes float images [None, h, w, c] in [0, 1] (`images`)."""
-  images = tf.compat.v1.placeholder(dtype, [None] + list(image_shape), name='images')
-  return tf.estimator.export.ServingInputReceiver(images, {'images': images})
+def tensor_serving_input_fn(image_shape):
+  """Serving input whose default signature takes float images [None, h, w, c] (`images`)."""
+  return serving_input_fn(image_shape, image_bytes_default=False)
 
 
 def override_flags_and_set_envars_for_gpu_thread_pool(flags_obj):
@@ -298,9 +292,20 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
     self._every_n_steps = every_n_steps
     self._print = print_fn
     self._last = None
+    self.loss_sum = 0.0
+    self.loss_steps = 0
+    self.num_parameters = None
+
+  @property
+  def mean_loss(self):
+    """Mean training cross-entropy over the steps of the last train() call (None if none)."""
+    return self.loss_sum / self.loss_steps if self.loss_steps else None
 
   def begin(self):
-    self._last = None  # each train() call starts timing afresh
+    # Each train() call starts timing and the loss average afresh.
+    self._last = None
+    self.loss_sum, self.loss_steps = 0.0, 0
+    self.num_parameters = run_record.count_parameters(tf.compat.v1.trainable_variables())
     graph = tf.compat.v1.get_default_graph()
     self._fetches = {name: graph.get_tensor_by_name(name + ':0')
                      for name in ('cross_entropy', 'train_accuracy', 'learning_rate')}
@@ -313,6 +318,8 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
     values = run_values.results
     step = int(values['global_step'])
     now = time.monotonic()
+    self.loss_sum += float(values['cross_entropy'])
+    self.loss_steps += 1
     if self._last is None:
       self._last = (step, now)
       return
@@ -379,7 +386,8 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
   steps_per_epoch = math.ceil(num_train_images / batch_size)
   dtype = DTYPES[flags_obj.dtype]
   train_hooks = hooks_helper.get_train_hooks(flags_obj.hooks, model_dir, batch_size)
-  train_hooks.append(ProgressHook(batch_size, steps_per_epoch))
+  progress = ProgressHook(batch_size, steps_per_epoch)
+  train_hooks.append(progress)
 
   def input_fn_train(num_epochs):
     return input_function(is_training=True, data_dir=flags_obj.data_dir,
@@ -425,6 +433,8 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
       train_seconds, trained_steps = 0.0, 0
     results = _evaluate(classifier, input_fn_eval, eval_steps)
     record = dict(results, epoch=cycle_end, seconds=train_seconds,
+                  train_loss_mean=progress.mean_loss if trained_steps else None,
+                  num_parameters=progress.num_parameters,
                   epochs_trained=trained_steps / steps_per_epoch,
                   examples_per_second=(trained_steps * batch_size / train_seconds
                                        if train_seconds else None))
@@ -448,10 +458,8 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
     print('Test accuracy %.4f' % results['accuracy'])
 
   if flags_obj.export_dir:
-    if flags_obj.image_bytes_as_serving_input:
-      receiver_fn = lambda: image_bytes_serving_input_fn(shape, dtype=tf.float32)
-    else:
-      receiver_fn = lambda: tensor_serving_input_fn(shape, dtype=tf.float32)
+    receiver_fn = lambda: serving_input_fn(
+        shape, image_bytes_default=flags_obj.image_bytes_as_serving_input)
     results['export_path'] = _export(classifier, flags_obj.export_dir, receiver_fn)
     print('Exported SavedModel to %s' % results['export_path'])
   return results

@@ -20,19 +20,32 @@ def _json_default(value):
   return str(value)
 
 
-def write_json_atomic(path, obj):
-  """Writes obj as JSON to path through a temporary file in the same directory."""
+def publish(tmp_path, path):
+  """Renames a finished temporary file onto path with the permissions a plain open() gives
+  (mkstemp makes files private to their owner)."""
+  umask = os.umask(0)
+  os.umask(umask)
+  os.chmod(tmp_path, 0o666 & ~umask)
+  os.replace(tmp_path, path)
+
+
+def write_text_atomic(path, text):
+  """Writes text to path through a temporary file in the same directory."""
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-', suffix='.json')
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix='.tmp-')
   try:
     with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=2, sort_keys=True, default=_json_default)
-      f.write('\n')
-    os.replace(tmp, path)
+      f.write(text)
+    publish(tmp, path)
   except BaseException:
     os.remove(tmp)
     raise
+
+
+def write_json_atomic(path, obj):
+  """Writes obj as JSON to path, atomically."""
+  write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + '\n')
 
 
 def write_flags(model_dir, flag_values, extra=None):
@@ -51,6 +64,11 @@ def append_metrics(model_dir, metrics):
     f.write(json.dumps(record, sort_keys=True, default=_json_default) + '\n')
     f.flush()
     os.fsync(f.fileno())
+
+
+def count_parameters(variables):
+  """Number of scalars in the given (trainable) variables, as the run records state it."""
+  return int(sum(v.shape.num_elements() for v in variables))
 
 
 def read_metrics(model_dir):
