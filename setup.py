@@ -32,6 +32,7 @@ setuptools.setup(
         'numpy>=1.23,<2',
         'matplotlib>=3.7,<3.10',  # the report's plots (headless Agg backend)
         'aiohttp>=3.9,<4',  # the REST model server
+        'orjson>=3.9,<4',  # its JSON parsing
     ],
     extras_require={
         # For installs from an index; from a checkout prefer MNIST_CNN_GPU=1 (see README).

@@ -5,11 +5,13 @@
 Measures, in rounds that alternate between the paths:
 - batch-1 latency (p50/p99 ms) of one image: in process (TF1 Session on the loaded export) and
   through `python -m mnist_cnn.serve` over HTTP on 127.0.0.1 (one client, keep-alive);
-- throughput (images/s): in process in batches of --batch_size, and through the server with
-  --clients concurrent one-image clients, with the server's batching on and off.
-Request bodies are encoded once beforehand, so the clients cost only HTTP. Prints a markdown
-table of medians (min-max over rounds) and the ratio of the batched server's throughput to the
-in-process batch throughput.
+- throughput (images/s): in process in batches of --clients images (the largest batch the
+  server can form from --clients one-image clients) and of --large_batch images, and through
+  the server with --clients concurrent one-image clients, with its batching on and off.
+Request bodies are encoded once beforehand, so the clients cost only HTTP; they run in this
+process, on the same cores as the server, as a local client would. Prints a markdown table of
+medians (min-max over rounds) and the ratio of the batched server's throughput to the
+in-process throughput at the same batch size.
 """
 
 import argparse
@@ -49,7 +51,8 @@ class ServerProcess(object):
         break
     if self.port is None:
       raise RuntimeError('the server did not start')
-    threading.Thread(target=lambda: [None for _ in self.process.stdout], daemon=True).start()
+    self.log = []
+    threading.Thread(target=lambda: self.log.extend(self.process.stdout), daemon=True).start()
 
   def stop(self):
     self.process.terminate()
@@ -142,8 +145,12 @@ def main(argv=None):
   parser.add_argument('--clients', type=int, default=16)
   parser.add_argument('--latency_requests', type=int, default=300)
   parser.add_argument('--requests_per_client', type=int, default=100)
-  parser.add_argument('--batch_size', type=int, default=64,
-                      help='in-process batch size, and the server\'s --max_batch_size')
+  parser.add_argument('--large_batch', type=int, default=64,
+                      help='a second in-process batch size, and the server\'s --max_batch_size')
+  parser.add_argument('--batch_timeout_micros', type=int, default=2000,
+                      help='the batching server\'s --batch_timeout_micros')
+  parser.add_argument('--num_batch_threads', type=int, default=1,
+                      help='the batching server\'s --num_batch_threads')
   parser.add_argument('--seconds', type=float, default=5.0,
                       help='length of each in-process throughput window')
   args = parser.parse_args(argv)
@@ -154,14 +161,16 @@ def main(argv=None):
   signature = loaded.signatures['serving_default']
   shape = [d if d > 0 else 1 for d in (signature.inputs['images'].shape or [1, 28, 28, 1])]
   image = np.random.RandomState(0).rand(*shape).astype(np.float32)
-  batch = np.repeat(image, args.batch_size, axis=0)
+  client_batch = np.repeat(image, args.clients, axis=0)
+  large_batch = np.repeat(image, args.large_batch, axis=0)
   body = json.dumps({'instances': image.tolist()}).encode()
 
-  batched = ServerProcess(base_path, '--max_batch_size=%d' % args.batch_size,
-                          '--batch_timeout_micros=2000', '--num_batch_threads=2')
+  batched = ServerProcess(base_path, '--max_batch_size=%d' % args.large_batch,
+                          '--batch_timeout_micros=%d' % args.batch_timeout_micros,
+                          '--num_batch_threads=%d' % args.num_batch_threads)
   unbatched = ServerProcess(base_path, '--max_batch_size=1', '--num_batch_threads=2')
   figures = {k: [] for k in ('local_p50', 'local_p99', 'rest_p50', 'rest_p99', 'local_tput',
-                             'rest_tput', 'rest_tput_unbatched')}
+                             'local_tput_large', 'rest_tput', 'rest_tput_unbatched')}
   try:
     for round_index in range(args.rounds):
       local = in_process_latencies(loaded, signature, image, args.latency_requests)
@@ -170,7 +179,10 @@ def main(argv=None):
       figures['local_p99'].append(_ms(local, 99))
       figures['rest_p50'].append(_ms(rest, 50))
       figures['rest_p99'].append(_ms(rest, 99))
-      figures['local_tput'].append(in_process_throughput(loaded, signature, batch, args.seconds))
+      figures['local_tput'].append(in_process_throughput(loaded, signature, client_batch,
+                                                         args.seconds))
+      figures['local_tput_large'].append(in_process_throughput(loaded, signature, large_batch,
+                                                               args.seconds))
       figures['rest_tput'].append(rest_throughput(batched.port, body, args.clients,
                                                   args.requests_per_client))
       figures['rest_tput_unbatched'].append(rest_throughput(
@@ -187,14 +199,17 @@ def main(argv=None):
   print('|---|---:|---:|---:|')
   print('| in process (Session on the export) | %s | %s | %s (batches of %d) |' % (
       _spread(figures['local_p50'], '%.2f'), _spread(figures['local_p99'], '%.2f'),
-      _spread(figures['local_tput']), args.batch_size))
+      _spread(figures['local_tput']), args.clients))
+  print('| in process, larger batches | - | - | %s (batches of %d) |' % (
+      _spread(figures['local_tput_large']), args.large_batch))
   print('| REST server, 1 client | %s | %s | - |' % (
       _spread(figures['rest_p50'], '%.2f'), _spread(figures['rest_p99'], '%.2f')))
-  print('| REST server, %d clients, batching (max %d) | - | - | %s |' % (
-      args.clients, args.batch_size, _spread(figures['rest_tput'])))
+  print('| REST server, %d clients, batching | - | - | %s |' % (
+      args.clients, _spread(figures['rest_tput'])))
   print('| REST server, %d clients, no batching | - | - | %s |' % (
       args.clients, _spread(figures['rest_tput_unbatched'])))
-  print('\nbatched REST throughput / in-process batch throughput: %.2f' % ratio)
+  print('\nbatched REST throughput / in-process throughput in batches of %d: %.2f' % (
+      args.clients, ratio))
 
 
 if __name__ == '__main__':

@@ -204,12 +204,13 @@ def _to_array(value, spec, where):
       return np.array(decoded, dtype=object)
     except ValueError:
       raise bad_request('%s: nested lists of different lengths' % where) from None
-  if _holds_object(value):
-    raise bad_request('%s: {"b64": ...} or other objects are only for string inputs; this '
-                      'input is %s' % (where, spec.dtype.name))
   try:
     array = np.array(value, dtype=spec.dtype.as_numpy_dtype)
   except (ValueError, TypeError) as e:
+    # Only failed conversions pay for walking the value to say what is wrong with it.
+    if _holds_object(value):
+      raise bad_request('%s: {"b64": ...} or other objects are only for string inputs; this '
+                        'input is %s' % (where, spec.dtype.name)) from None
     raise bad_request('%s: not a %s tensor (%s)' % (where, spec.dtype.name, e)) from None
   if spec.dtype.is_integer and not _all_integral(value):
     raise bad_request('%s: expected integers for a %s input' % (where, spec.dtype.name))
@@ -335,48 +336,90 @@ class _Pending(object):
     self.future = future
 
 
+class _Batch(object):
+  """Requests of one version, signature and per-row shape waiting for one model call."""
+
+  def __init__(self, key, version, signature):
+    self.key = key
+    self.version = version
+    self.signature = signature
+    self.pending = []
+    self.rows = 0
+    self.timer = None
+    self.queued = False
+
+
 class Batcher(object):
   """Merges requests in flight at the same time into one model call, as TF Serving's batching.
 
-  A batch closes when it holds max_batch_size rows or batch_timeout_s after its first
-  request; at most num_batch_threads model calls run at once. Only requests of one version,
-  signature and per-row shape are merged. If a merged call fails on bad input, each request is
-  rerun alone so one bad request cannot fail the others.
+  A batch is ready when it holds max_batch_size rows or batch_timeout_s after its first
+  request; num_batch_threads workers take ready batches in order. A ready batch that waits for
+  a worker keeps taking requests until it is full, so under load the batches grow instead of
+  queueing up small. Only requests of one version, signature and per-row shape are merged. If
+  a merged call fails on bad input, each request is rerun alone so that one bad request cannot
+  fail the others.
   """
 
   def __init__(self, executor, max_batch_size, batch_timeout_s, num_batch_threads):
     self._executor = executor
     self._max_rows = max_batch_size
     self._timeout = batch_timeout_s
-    self._slots = asyncio.Semaphore(max(1, num_batch_threads))
-    self._open = {}  # batch key -> (version, signature, [_Pending], timer handle)
+    self._num_workers = max(1, num_batch_threads)
+    self._slots = None  # for calls that are not batched; made in the serving loop
+    self._open = {}  # batch key -> the _Batch still taking requests
+    self._ready = None
+    self._workers = []
     self.calls = 0  # model calls made (for tests and benchmarks)
     self.batched_requests = 0
 
+  def _start(self):
+    if self._ready is None:
+      self._ready = asyncio.Queue()
+      self._slots = asyncio.Semaphore(self._num_workers)
+      self._workers = [asyncio.ensure_future(self._work()) for _ in range(self._num_workers)]
+
   async def run(self, version, signature, feeds, rows):
-    loop = asyncio.get_running_loop()
+    """The outputs of one request, computed alone or in a batch with others."""
+    self._start()
     if self._max_rows <= 1 or rows is None or not signature.batchable or rows >= self._max_rows:
-      return await self._call(version, signature, feeds)
+      async with self._slots:
+        return await self._call(version, signature, feeds)
+    loop = asyncio.get_running_loop()
     key = (id(version), signature.name,
            tuple(sorted((k, a.dtype.str, a.shape[1:]) for k, a in feeds.items())))
+    batch = self._open.get(key)
+    if batch is not None and batch.rows + rows > self._max_rows:
+      self._close(batch)  # this request would overfill it: it goes as it is
+      batch = None
+    if batch is None:
+      batch = _Batch(key, version, signature)
+      batch.timer = loop.call_later(self._timeout, self._queue, batch)
+      self._open[key] = batch
     future = loop.create_future()
-    if key in self._open and sum(p.rows for p in self._open[key][2]) + rows > self._max_rows:
-      self._close(key)  # this request would overfill the open batch: start a new one
-    if key not in self._open:
-      timer = loop.call_later(self._timeout, self._close, key)
-      self._open[key] = (version, signature, [], timer)
-    batch = self._open[key]
-    batch[2].append(_Pending(feeds, rows, future))
-    if sum(p.rows for p in batch[2]) >= self._max_rows:
-      self._close(key)
+    batch.pending.append(_Pending(feeds, rows, future))
+    batch.rows += rows
+    if batch.rows >= self._max_rows:
+      self._close(batch)
     return await future
 
-  def _close(self, key):
-    version, signature, pending, timer = self._open.pop(key, (None, None, None, None))
-    if pending is None:
-      return
-    timer.cancel()
-    asyncio.ensure_future(self._run_batch(version, signature, pending))
+  def _close(self, batch):
+    """No more requests join the batch; it goes to the workers."""
+    if self._open.get(batch.key) is batch:
+      del self._open[batch.key]
+    self._queue(batch)
+
+  def _queue(self, batch):
+    if not batch.queued:
+      batch.queued = True
+      self._ready.put_nowait(batch)
+
+  async def _work(self):
+    while True:
+      batch = await self._ready.get()
+      if self._open.get(batch.key) is batch:
+        del self._open[batch.key]  # taken by a worker: later requests start a new batch
+      batch.timer.cancel()
+      await self._run_batch(batch.version, batch.signature, batch.pending)
 
   async def _run_batch(self, version, signature, pending):
     try:
@@ -404,10 +447,14 @@ class Batcher(object):
         _resolve(p.future, error=e)
 
   async def _call(self, version, signature, feeds):
-    async with self._slots:
-      self.calls += 1
-      loop = asyncio.get_running_loop()
-      return await loop.run_in_executor(self._executor, version.run, signature, feeds)
+    self.calls += 1
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(self._executor, version.run, signature, feeds)
+
+  async def close(self):
+    for worker in self._workers:
+      worker.cancel()
+    await asyncio.gather(*self._workers, return_exceptions=True)
 
 
 def _resolve(future, result=None, error=None):

@@ -467,6 +467,7 @@ def test_batcher_merges_concurrent_requests_and_isolates_a_bad_one(exports):
     feeds = [np.array([p], dtype=object) for p in pngs] + [np.array([b'bad'], dtype=object)]
     png_calls = [batcher.run(loaded, signature, {'image_bytes': f}, 1) for f in feeds]
     png_results = await asyncio.gather(*png_calls, return_exceptions=True)
+    await batcher.close()
     executor.shutdown()
     return results, calls_for_floats, png_results
 
@@ -522,3 +523,18 @@ def test_predict_cli_reports_files_that_are_not_images(exports, tmp_path):
   assert lines[0].startswith('%s: error: not a PNG/JPEG/GIF/BMP image' % text)
   assert lines[1].startswith('%s: class ' % good)
   assert lines[2].startswith('%s: error: cannot read' % (tmp_path / 'missing.png'))
+
+
+def test_serving_benchmark_runs_in_smoke_mode(exports):
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'benchmarks', 'serving.py'),
+       '--export_dir=' + os.path.dirname(exports['alexnet']), '--rounds=1',
+       '--latency_requests=5', '--clients=4', '--requests_per_client=3', '--seconds=0.3',
+       '--large_batch=8'], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line.split('|')[1].strip() for line in result.stdout.splitlines()
+          if line.startswith('| ') and not line.startswith('| path')]
+  assert rows == ['in process (Session on the export)', 'in process, larger batches',
+                  'REST server, 1 client', 'REST server, 4 clients, batching',
+                  'REST server, 4 clients, no batching']
+  assert re.search(r'in-process throughput in batches of 4: \d+\.\d\d', result.stdout)
