@@ -23,6 +23,7 @@ from mnist_cnn import cli
 from mnist_cnn import input_data
 from official.utils import export
 from official.utils import interrupt
+from official.utils import precision
 from official.utils.flags import core as flags_core
 from official.utils.logs import hooks_helper
 from official.utils.logs import run_record
@@ -52,6 +53,10 @@ def define_alexnet_flags(flag_values=flags.FLAGS):
                      'Multiply the learning rate by --lr_decay_rate every this many epochs.',
                      **fv)
   flags.DEFINE_float('lr_decay_rate', 0.5, 'Factor of each learning-rate decay step.', **fv)
+  flags.DEFINE_enum('dtype', 'fp32', ['fp32', 'bf16'],
+                    'Compute precision. bf16: TensorFlow\'s oneDNN auto-mixed-precision rewrite '
+                    'runs matmuls and convolutions in bfloat16; variables, updates and the loss '
+                    'stay float32 (see --bf16_fallback).', **fv)
   flags.DEFINE_boolean('report_words', False,
                        'Print the per-epoch loss and the final accuracy in the report\'s own '
                        'words (第 N 轮的熵损失 / 命中率).', **fv)
@@ -141,13 +146,19 @@ def _print_epoch(epoch, record, report_words):
 def run_alexnet(flags_obj):
   """Trains (or resumes), evaluates and optionally exports; returns the final metrics dict."""
   model_dir = flags_obj.model_dir
+  # Settled before anything in model_dir is touched: a refusal must not cost a checkpoint.
+  dtype, dtype_message = precision.resolve_dtype(flags_obj.dtype, flags_obj.bf16_fallback)
+  for message in (dtype_message, precision.onednn_warning()):
+    if message:
+      print(message, file=sys.stderr)
   if flags_obj.clean and os.path.isdir(model_dir):
     shutil.rmtree(model_dir)
   data = _load_data(flags_obj)
   os.makedirs(model_dir, exist_ok=True)
   run_record.write_flags(model_dir, flags_core.flags_dict(flags_obj), extra={
       'model': MODEL_NAME, 'image_shape': list(data.image_shape),
-      'num_classes': data.num_classes, 'train_examples': data.train.num_examples})
+      'num_classes': data.num_classes, 'train_examples': data.train.num_examples,
+      'dtype_used': dtype})
 
   batch_size = flags_obj.batch_size
   steps_per_epoch = max(1, data.train.num_examples // batch_size)
@@ -166,6 +177,8 @@ def run_alexnet(flags_obj):
     config = tf.compat.v1.ConfigProto(
         inter_op_parallelism_threads=flags_obj.inter_op_parallelism_threads,
         intra_op_parallelism_threads=flags_obj.intra_op_parallelism_threads)
+    if dtype == 'bf16':
+      precision.enable_bf16_rewrite(config)
     init_op = tf.compat.v1.global_variables_initializer()
     tf.compat.v1.get_default_graph().finalize()
 

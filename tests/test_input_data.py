@@ -18,7 +18,6 @@ from mnist_cnn import input_data
 from official.resnet import resnet_run_loop
 from tests import conftest
 
-SHARED_MNIST = os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'mnist')
 
 
 def _rewrite(directory, name, data):
@@ -354,12 +353,3 @@ def test_data_error_exits_with_one_clear_line(idx_dir):
   assert result.stderr.strip().splitlines()[-1] == (
       'error: train-labels-idx1-ubyte.gz: header says 5 labels but the file holds 2 label '
       'bytes (expected 5); the file is truncated')
-
-
-@pytest.mark.skipif(not os.path.isdir(SHARED_MNIST), reason='needs ../shared/data/mnist')
-def test_real_mnist_splits_and_test_label_counts():
-  data = input_data.read_data_sets(SHARED_MNIST, one_hot=True)
-  assert (data.train.num_examples, data.validation.num_examples, data.test.num_examples) == (
-      55000, 5000, 10000)
-  assert list(np.bincount(data.test.labels.argmax(1))) == [
-      980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]

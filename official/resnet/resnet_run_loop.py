@@ -20,6 +20,7 @@ import tensorflow as tf
 
 from official.resnet import resnet_model
 from official.utils import export
+from official.utils import precision
 from official.utils.flags import core as flags_core
 from official.utils.logs import hooks_helper
 from official.utils.logs import run_record
@@ -355,12 +356,19 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
     'export_path' when exported.
   """
   model_dir = flags_obj.model_dir
+  # Settled before anything in model_dir is touched: a refusal must not cost a checkpoint.
+  dtype_name, dtype_message = precision.resolve_dtype(
+      flags_obj.dtype, flags_obj.bf16_fallback,
+      has_gpu=bool(tf.config.list_physical_devices('GPU')))
+  for message in (dtype_message, precision.onednn_warning()):
+    if message:
+      print(message, file=sys.stderr)
   if flags_obj.clean and os.path.isdir(model_dir):
     shutil.rmtree(model_dir)
   os.makedirs(model_dir, exist_ok=True)
   run_record.write_flags(model_dir, flags_core.flags_dict(flags_obj), extra={
       'model': 'resnet', 'dataset': dataset_name, 'image_shape': list(shape),
-      'train_examples': num_train_images})
+      'train_examples': num_train_images, 'dtype_used': dtype_name})
 
   threads = override_flags_and_set_envars_for_gpu_thread_pool(flags_obj)
   session_config = tf.compat.v1.ConfigProto(
@@ -375,7 +383,7 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
     # Everything but the final dense layer, whose class count may differ.
     warm_start = tf.estimator.WarmStartSettings(
         flags_obj.pretrained_model_checkpoint_path, vars_to_warm_start='^(?!.*dense)')
-  params = dict(params, dtype=flags_obj.dtype, loss_scale=flags_obj.loss_scale,
+  params = dict(params, dtype=dtype_name, loss_scale=flags_obj.loss_scale,
                 fine_tune=flags_obj.fine_tune, label_smoothing=flags_obj.label_smoothing,
                 weight_decay=flags_obj.weight_decay)
   classifier = tf.estimator.Estimator(model_fn=model_function, model_dir=model_dir,
@@ -384,7 +392,7 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
 
   batch_size = flags_obj.batch_size
   steps_per_epoch = math.ceil(num_train_images / batch_size)
-  dtype = DTYPES[flags_obj.dtype]
+  dtype = DTYPES[dtype_name]
   train_hooks = hooks_helper.get_train_hooks(flags_obj.hooks, model_dir, batch_size)
   progress = ProgressHook(batch_size, steps_per_epoch)
   train_hooks.append(progress)

@@ -62,6 +62,10 @@ def define_base_flags(flag_values=flags.FLAGS):
   flags.DEFINE_boolean('use_synthetic_data', False,
                        'Train and evaluate on random data instead of reading --data_dir.', **fv)
   flags.DEFINE_integer('seed', 0, 'Seed for weight initialisation, shuffling and dropout.', **fv)
+  flags.DEFINE_enum('bf16_fallback', 'fp32', ['fp32', 'error'],
+                    'What --dtype=bf16 does on a CPU without AVX512-BF16 or AMX, where bfloat16 '
+                    'is emulated and slow: train in fp32 with a warning, or stop with an error.',
+                    **fv)
   flags.DEFINE_integer('inter_op_parallelism_threads', 0,
                        'Threads running independent ops (0: TensorFlow chooses).', **fv)
   flags.DEFINE_integer('intra_op_parallelism_threads', 0,
