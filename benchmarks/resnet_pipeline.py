@@ -1,18 +1,23 @@
-"""ResNet training speed: the Estimator vs the same graph in a bare Session vs tf.keras fit.
+"""ResNet training speed: the Estimator (fp32, bf16) vs the same graph in a bare Session vs
+tf.keras fit.
 
   python benchmarks/resnet_pipeline.py [--data_dir=DIR] [--rounds=5] [--steps_per_window=10]
 
-All three train the MNIST ResNet (same size, stem, widths, batch, momentum SGD) from the same
-tf.data pipeline (input_data.arrays_input_fn: cache, shuffle, map_and_batch with pixel shifts,
+All train the MNIST ResNet (same size, stem, widths, batch, momentum SGD) from the same tf.data
+pipeline (input_data.arrays_input_fn: cache, shuffle, map_and_batch with pixel shifts,
 prefetch):
-- estimator: tf.estimator.Estimator with resnet_model_fn, one long train() call;
-- session: resnet_model_fn's TRAIN graph run in a plain tf.compat.v1.Session loop;
-- keras: the same architecture written with tf.keras layers, trained with fit.
-The windows are interleaved in one run: a hook inside the Estimator's train() call times its
-steps and, between its windows, runs a window of each of the other two, so that machine noise
-hits all three alike. Prints median (min-max) examples/second and ratios.
+- estimator: tf.estimator.Estimator with resnet_model_fn in fp32, one long train() call;
+- estimator_bf16: a second Estimator with --dtype=bf16's graph (bfloat16 compute, float32
+  variables), trained in its own thread a window at a time (with --bf16; it needs a CPU with
+  AVX512-BF16 or AMX to mean anything);
+- session: resnet_model_fn's fp32 TRAIN graph run in a plain tf.compat.v1.Session loop;
+- keras: the same architecture written with tf.keras layers, fp32, trained with fit.
+The windows are interleaved in one run: a hook inside the fp32 Estimator's train() call times
+its steps and, between its windows, runs a window of each of the others, so that machine noise
+hits all alike. Prints median (min-max) examples/second and ratios.
 """
 
+import os
 import statistics
 import tempfile
 import threading
@@ -35,6 +40,7 @@ flags.DEFINE_integer('batch_size', 128, 'Batch size.')
 flags.DEFINE_integer('rounds', 5, 'Timing windows per variant.')
 flags.DEFINE_integer('steps_per_window', 10, 'Training steps per window.')
 flags.DEFINE_integer('warmup_steps', 5, 'Untimed steps before the first window.')
+flags.DEFINE_boolean('bf16', True, 'Include the bf16 Estimator.')
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
 NUM_CLASSES = 10
@@ -49,14 +55,75 @@ def _arrays(data_dir):
           rng.randint(0, NUM_CLASSES, 10000).astype(np.uint8))
 
 
-def _params(f):
-  def build_model(dtype):
+def _params(f, dtype='fp32'):
+  def build_model(tf_dtype):
     return resnet_main.MnistModel(f.resnet_size, NUM_CLASSES, stem=f.stem,
                                   num_filters=f.num_filters, data_format='channels_last',
-                                  dtype=dtype)
+                                  dtype=tf_dtype)
   return {'model': build_model, 'num_classes': NUM_CLASSES, 'weight_decay': 1e-4,
-          'momentum': MOMENTUM, 'dtype': 'fp32',
+          'momentum': MOMENTUM, 'dtype': dtype,
           'learning_rate_fn': lambda step: tf.constant(LEARNING_RATE)}
+
+
+def _quiet_config():
+  return tf.estimator.RunConfig(save_checkpoints_secs=None, save_checkpoints_steps=10 ** 9,
+                                save_summary_steps=10 ** 9, log_step_count_steps=10 ** 9)
+
+
+class _GateHook(tf.compat.v1.train.SessionRunHook):
+  """Lets an Estimator's train() call run only the steps it is granted."""
+
+  def __init__(self):
+    self.granted = threading.Semaphore(0)
+    self.finished = threading.Semaphore(0)
+    self.left = 0
+    self.stop = False
+
+  def before_run(self, run_context):
+    if self.left == 0:
+      if self.stop:
+        run_context.request_stop()
+        return
+      self.granted.acquire()
+      if self.stop:
+        run_context.request_stop()
+
+  def after_run(self, run_context, run_values):
+    self.left -= 1
+    if self.left == 0:
+      self.finished.release()
+
+
+def _stepped_estimator_runner(f, dataset_fn, dtype, model_dir):
+  """An Estimator trained in a background thread, a granted number of steps at a time; the
+  runner returned blocks until its steps are done. Call .close() to end the thread."""
+  gate = _GateHook()
+  estimator = tf.estimator.Estimator(resnet_run_loop.resnet_model_fn, model_dir=model_dir,
+                                     config=_quiet_config(), params=_params(f, dtype))
+  errors = []
+
+  def train():
+    try:
+      estimator.train(lambda: dataset_fn(), hooks=[gate])
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+      gate.finished.release()
+  thread = threading.Thread(target=train, daemon=True)
+  thread.start()
+
+  def run(steps):
+    gate.left = steps
+    gate.granted.release()
+    gate.finished.acquire()
+    if errors:
+      raise errors[0]
+
+  def close():
+    gate.stop = True
+    gate.granted.release()
+    thread.join(timeout=60)
+  run.close = close
+  return run
 
 
 def _session_runner(f, dataset_fn):
@@ -176,14 +243,22 @@ def main(_):
     return input_data.arrays_input_fn(images, labels, True, f.batch_size, num_epochs=None,
                                       seed=0, shift_pixels=2, drop_remainder=True)
 
-  others = {'session': _session_runner(f, dataset_fn), 'keras': _keras_runner(f, dataset_fn)}
-  rates = {'estimator': [], 'session': [], 'keras': []}
   with tempfile.TemporaryDirectory() as model_dir:
-    config = tf.estimator.RunConfig(save_checkpoints_secs=None, save_checkpoints_steps=10 ** 9,
-                                    save_summary_steps=10 ** 9, log_step_count_steps=10 ** 9)
-    estimator = tf.estimator.Estimator(resnet_run_loop.resnet_model_fn, model_dir=model_dir,
-                                       config=config, params=_params(f))
-    estimator.train(lambda: dataset_fn(), hooks=[_InterleavingHook(f, others, rates)])
+    others = {}
+    if f.bf16:
+      others['estimator_bf16'] = _stepped_estimator_runner(
+          f, dataset_fn, 'bf16', os.path.join(model_dir, 'bf16'))
+    others.update(session=_session_runner(f, dataset_fn), keras=_keras_runner(f, dataset_fn))
+    rates = {name: [] for name in ['estimator'] + list(others)}
+    estimator = tf.estimator.Estimator(resnet_run_loop.resnet_model_fn,
+                                       model_dir=os.path.join(model_dir, 'fp32'),
+                                       config=_quiet_config(), params=_params(f))
+    try:
+      estimator.train(lambda: dataset_fn(), hooks=[_InterleavingHook(f, others, rates)])
+    finally:
+      for run in others.values():
+        if hasattr(run, 'close'):
+          run.close()
   keras = statistics.median(rates['keras'])
   session = statistics.median(rates['session'])
   print('| variant | examples/s median (min-max) | vs session | vs keras |')

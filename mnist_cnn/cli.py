@@ -6,6 +6,7 @@ import sys
 import tensorflow as tf
 
 from mnist_cnn import input_data
+from official.utils import distribution_utils
 from official.utils import precision
 from official.utils.logs import run_record
 
@@ -32,7 +33,8 @@ def run_main(run_fn, flags_obj):
   model_dir = getattr(flags_obj, 'model_dir', None)
   try:
     result = run_fn(flags_obj)
-  except input_data.DATA_ERRORS + (precision.PrecisionError,) as e:
+  except input_data.DATA_ERRORS + (precision.PrecisionError,
+                                   distribution_utils.DistributionError) as e:
     _record_event(model_dir, 'failed', error=str(e))
     sys.exit('error: %s' % e)
   except Exception as e:

@@ -417,5 +417,5 @@ def test_pipeline_benchmark_runs_in_smoke_mode():
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [line.split('|') for line in result.stdout.splitlines()
           if line.startswith('| ') and not line.startswith('| variant')]
-  assert [row[1].strip() for row in rows] == ['estimator', 'session', 'keras']
+  assert [row[1].strip() for row in rows] == ['estimator', 'estimator_bf16', 'session', 'keras']
   assert all(float(row[2].split()[0]) > 0 for row in rows)

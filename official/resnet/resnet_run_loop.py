@@ -19,6 +19,7 @@ import numpy as np
 import tensorflow as tf
 
 from official.resnet import resnet_model
+from official.utils import distribution_utils
 from official.utils import export
 from official.utils import precision
 from official.utils.flags import core as flags_core
@@ -363,11 +364,16 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
   for message in (dtype_message, precision.onednn_warning()):
     if message:
       print(message, file=sys.stderr)
+  distribution_utils.check_no_cluster(os.environ)
+  strategy = distribution_utils.get_distribution_strategy(flags_obj.distribution_strategy,
+                                                          flags_obj.num_gpus)
+  replicas = distribution_utils.num_replicas(strategy)
+  replica_batch_size = distribution_utils.per_replica_batch_size(flags_obj.batch_size, replicas)
   if flags_obj.clean and os.path.isdir(model_dir):
     shutil.rmtree(model_dir)
   os.makedirs(model_dir, exist_ok=True)
   run_record.write_flags(model_dir, flags_core.flags_dict(flags_obj), extra={
-      'model': 'resnet', 'dataset': dataset_name, 'image_shape': list(shape),
+      'replicas': replicas, 'model': 'resnet', 'dataset': dataset_name, 'image_shape': list(shape),
       'train_examples': num_train_images, 'dtype_used': dtype_name})
 
   threads = override_flags_and_set_envars_for_gpu_thread_pool(flags_obj)
@@ -376,6 +382,7 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
       intra_op_parallelism_threads=flags_obj.intra_op_parallelism_threads,
       allow_soft_placement=True)
   run_config = tf.estimator.RunConfig(
+      train_distribute=strategy, eval_distribute=strategy,
       model_dir=model_dir, tf_random_seed=flags_obj.seed, session_config=session_config,
       save_checkpoints_secs=60 * 10, keep_checkpoint_max=5, log_step_count_steps=1000)
   warm_start = None
@@ -398,14 +405,15 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
   train_hooks.append(progress)
 
   def input_fn_train(num_epochs):
+    # Under a strategy each replica's input_fn call yields that replica's share of the batch.
     return input_function(is_training=True, data_dir=flags_obj.data_dir,
-                          batch_size=batch_size, num_epochs=num_epochs, dtype=dtype,
+                          batch_size=replica_batch_size, num_epochs=num_epochs, dtype=dtype,
                           seed=flags_obj.seed,
                           datasets_num_private_threads=threads['datasets_num_private_threads'])
 
   def input_fn_eval():
     return input_function(is_training=False, data_dir=flags_obj.data_dir,
-                          batch_size=flags_obj.batch_size, num_epochs=1, dtype=dtype)
+                          batch_size=replica_batch_size, num_epochs=1, dtype=dtype)
 
   eval_steps = None
   if flags_obj.use_synthetic_data:
@@ -543,6 +551,13 @@ def define_resnet_flags(resnet_size_choices=None, flag_values=flags.FLAGS):
                     'GPU kernel-launch thread mode (TF_GPU_THREAD_MODE).', **fv)
   flags.DEFINE_integer('per_gpu_thread_count', 0,
                        'Threads per GPU with --tf_gpu_thread_mode (0: 2).', **fv)
+  flags.DEFINE_enum('distribution_strategy', 'off', list(distribution_utils.STRATEGIES),
+                    'tf.distribute strategy for training and evaluation. mirrored: one replica '
+                    'per device of --num_gpus (per logical CPU device with --num_gpus=0); the '
+                    'global --batch_size is split evenly over the replicas.', **fv)
+  flags.DEFINE_integer('num_gpus', 0, 'GPUs to use: -1 all, 0 none (CPU).', **fv)
+  flags.register_validator('num_gpus', lambda v: v >= -1,
+                           message='--num_gpus must be -1 (all), 0 or more', **fv)
   flags.register_validator('loss_scale', lambda v: v is None or v > 0,
                            message='--loss_scale must be positive', **fv)
   flags.register_validator('weight_decay', lambda v: v >= 0,

@@ -1,0 +1,222 @@
+"""The CPU benchmark suite: training speed of every variant, achieved GFLOP/s, inference latency.
+
+  python benchmarks/suite.py [--data_dir=DIR] [--rounds=5] [--smoke]
+
+1. Training examples/second, interleaved windows per model (median, min-max, ratio to Keras):
+   AlexNet placeholder loop / tf.data / tf.keras fit (benchmarks/alexnet_feeding.py), and
+   ResNet-18 MNIST config through the Estimator in fp32 and bf16 / bare Session / tf.keras fit
+   (benchmarks/resnet_pipeline.py). Each model's variants run in one process.
+2. Achieved GFLOP/s = 3 x forward FLOPs per example (TensorFlow's profiler on the inference
+   graph) x examples/s, against the fp32 matmul peak measured here (chained 2048x2048
+   matmuls).
+3. SavedModel inference (exports of both models): batch-1 p50/p99 and batch-256 throughput
+   with the TF1 Session loader the REST server uses, and batch-1 through tf.saved_model.load.
+Prints markdown tables, starting with the machine they ran on. --smoke runs everything with
+tiny sizes and step counts (for CI: it checks the suite works, not the figures).
+"""
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from mnist_cnn import alexnet_model  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mnist_cnn import resnet_main  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mnist_cnn import serving  # pylint: disable=g-import-not-at-top,wrong-import-position
+from official.utils import precision  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def machine_description():
+  model = platform.processor() or 'unknown CPU'
+  try:
+    with open('/proc/cpuinfo') as f:
+      names = [line.split(':', 1)[1].strip() for line in f if line.startswith('model name')]
+    model = names[0] if names else model
+  except OSError:
+    pass
+  return '%s, %d logical CPUs, native bf16: %s, TensorFlow %s, Python %s' % (
+      model, os.cpu_count(), 'yes' if precision.cpu_supports_bf16() else 'no', tf.__version__,
+      platform.python_version())
+
+
+def matmul_peak(dtype, size, chain, seconds):
+  """GFLOP/s of chained size x size matmuls in one Session call (the machine's compute peak)."""
+  graph = tf.Graph()
+  with graph.as_default():
+    a = tf.Variable(tf.random.uniform([size, size], dtype=tf.float32) / size)
+    b = tf.Variable(tf.random.uniform([size, size], dtype=tf.float32))
+    x, y = tf.cast(a, dtype), tf.cast(b, dtype)
+    for _ in range(chain):
+      x = tf.matmul(x, y)
+    out = tf.reduce_sum(tf.cast(x, tf.float32))
+    init = tf.compat.v1.global_variables_initializer()
+  with tf.compat.v1.Session(graph=graph) as sess:
+    sess.run(init)
+    sess.run(out)
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+      sess.run(out)
+      runs += 1
+    elapsed = time.perf_counter() - started
+  return 2.0 * size ** 3 * chain * runs / elapsed / 1e9
+
+
+def forward_flops(build):
+  """Float ops of one example's forward pass, by TensorFlow's profiler."""
+  graph = tf.Graph()
+  with graph.as_default():
+    build()
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options['output'] = 'none'
+    return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+
+
+def alexnet_forward():
+  x = tf.compat.v1.placeholder(tf.float32, [1, 784])
+  weights, biases = alexnet_model.make_variables((28, 28, 1), 10)
+  alexnet_model.alexnet(x, weights, biases, 1.0, (28, 28, 1))
+
+
+def resnet_forward(num_filters):
+  def build():
+    images = tf.compat.v1.placeholder(tf.float32, [1, 28, 28, 1])
+    resnet_main.MnistModel(18, 10, num_filters=num_filters, data_format='channels_last')(
+        images, training=False)
+  return build
+
+
+def run_table_benchmark(script, args):
+  """Runs a benchmark script; returns {variant: (median, min, max)} from its markdown table."""
+  result = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', script)] + args,
+                          capture_output=True, text=True, cwd=REPO, timeout=3 * 3600)
+  if result.returncode:
+    raise RuntimeError('%s failed:\n%s' % (script, result.stderr[-3000:]))
+  rows = {}
+  for line in result.stdout.splitlines():
+    match = re.match(r'\| (\S+) \| ([\d.]+) \(([\d.]+)-([\d.]+)\) \|', line)
+    if match:
+      rows[match.group(1)] = tuple(float(match.group(i)) for i in (2, 3, 4))
+  return rows
+
+
+def export_models(work, smoke):
+  """Exports an AlexNet and a ResNet-18 (one training step on synthetic data; speed does not
+  depend on the weights); returns {name: version dir}."""
+  exports = {}
+  filters = ['--num_filters=4'] if smoke else []
+  commands = {
+      'AlexNet': ['-m', 'mnist_cnn.alexnet_main', '--use_synthetic_data',
+                  '--max_train_steps=1', '--train_epochs=1'],
+      'ResNet-18': ['-m', 'mnist_cnn.resnet_main', '--resnet_size=18', '--use_synthetic_data',
+                    '--max_train_steps=1', '--batch_size=8'] + filters,
+  }
+  for name, command in commands.items():
+    export_dir = os.path.join(work, name + '_export')
+    result = subprocess.run(
+        [sys.executable] + command + ['--model_dir=' + os.path.join(work, name),
+                                      '--export_dir=' + export_dir],
+        capture_output=True, text=True, cwd=REPO, timeout=1800)
+    if result.returncode:
+      raise RuntimeError('exporting %s failed:\n%s' % (name, result.stderr[-3000:]))
+    exports[name] = os.path.join(export_dir, sorted(os.listdir(export_dir))[-1])
+  return exports
+
+
+def inference_figures(version_dir, calls, seconds):
+  """(TF1 loader p50, p99 ms at batch 1; images/s at batch 256; tf.saved_model.load p50,
+  p99 ms at batch 1)."""
+  image = np.random.RandomState(0).rand(1, 28, 28, 1).astype(np.float32)
+  batch = np.repeat(image, 256, axis=0)
+  loaded = serving.LoadedVersion(0, version_dir)
+  signature = loaded.signatures['serving_default']
+
+  def latencies(call):
+    call()
+    times = []
+    for _ in range(calls):
+      started = time.perf_counter()
+      call()
+      times.append(time.perf_counter() - started)
+    return 1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99)
+
+  session_p50, session_p99 = latencies(lambda: loaded.run(signature, {'images': image}))
+  loaded.run(signature, {'images': batch})
+  done, started = 0, time.perf_counter()
+  while time.perf_counter() - started < seconds:
+    loaded.run(signature, {'images': batch})
+    done += 256
+  throughput = done / (time.perf_counter() - started)
+  loaded.close_when_drained()
+  function = tf.saved_model.load(version_dir).signatures['serving_default']
+  constant = tf.constant(image)
+  tf2_p50, tf2_p99 = latencies(lambda: function(images=constant))
+  return session_p50, session_p99, throughput, tf2_p50, tf2_p99
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--data_dir', default=None, help='IDX files for ResNet\'s input pipeline')
+  parser.add_argument('--rounds', type=int, default=5)
+  parser.add_argument('--smoke', action='store_true', help='tiny sizes: check, do not measure')
+  args = parser.parse_args(argv)
+  smoke = args.smoke
+  rounds = 1 if smoke else args.rounds
+  num_filters = 4 if smoke else 64
+
+  print('Machine: %s\n' % machine_description())
+  peak = matmul_peak(tf.float32, 256 if smoke else 2048, 2 if smoke else 8,
+                     0.2 if smoke else 5.0)
+  peak_bf16 = matmul_peak(tf.bfloat16, 256 if smoke else 2048, 2 if smoke else 8,
+                          0.2 if smoke else 5.0)
+  flops = {'AlexNet': forward_flops(alexnet_forward),
+           'ResNet-18': forward_flops(resnet_forward(num_filters))}
+
+  alexnet_args = ['--rounds=%d' % rounds] + (
+      ['--steps_per_window=2', '--num_examples=200', '--batch_size=10'] if smoke else [])
+  resnet_args = ['--rounds=%d' % rounds] + (
+      ['--num_filters=4', '--batch_size=8', '--steps_per_window=2', '--warmup_steps=1']
+      if smoke else [])
+  if args.data_dir:
+    resnet_args.append('--data_dir=' + args.data_dir)
+  training = [('AlexNet', name, figures) for name, figures in
+              run_table_benchmark('alexnet_feeding.py', alexnet_args).items()]
+  training += [('ResNet-18', name, figures) for name, figures in
+               run_table_benchmark('resnet_pipeline.py', resnet_args).items()]
+
+  print('Training, examples/s (interleaved windows; ratio to the same model in tf.keras fit; '
+        'GFLOP/s = 3 x forward FLOPs x examples/s):\n')
+  print('| model | variant | examples/s median (min-max) | vs keras | GFLOP/s | % of fp32 peak |')
+  print('|---|---|---:|---:|---:|---:|')
+  keras = {model: figures[0] for model, name, figures in training if name == 'keras'}
+  for model, name, (median, low, high) in training:
+    gflops = 3 * flops[model] * median / 1e9
+    print('| %s | %s | %.1f (%.1f-%.1f) | %.2f | %.1f | %.0f%% |' % (
+        model, name, median, low, high, median / keras[model], gflops, 100 * gflops / peak))
+  print('\nForward FLOPs per example: %s. Matmul peak: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s.\n'
+        % (', '.join('%s %.3g' % (m, f) for m, f in flops.items()), peak, peak_bf16))
+
+  print('SavedModel inference (export of each model; TF1 loader = the REST server\'s):\n')
+  print('| model | TF1 loader batch-1 p50 / p99 ms | TF1 loader batch-256 images/s | '
+        'tf.saved_model.load batch-1 p50 / p99 ms |')
+  print('|---|---:|---:|---:|')
+  with tempfile.TemporaryDirectory() as work:
+    for name, version_dir in export_models(work, smoke).items():
+      figures = inference_figures(version_dir, 5 if smoke else 300, 0.2 if smoke else 5.0)
+      print('| %s | %.2f / %.2f | %.0f | %.2f / %.2f |' % ((name,) + tuple(figures)))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

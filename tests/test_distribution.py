@@ -1,0 +1,140 @@
+"""tf.distribute through the Estimator: strategies, batch splitting, TF_CONFIG checks."""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import flags
+import pytest
+
+from mnist_cnn import resnet_main
+from official.utils import distribution_utils
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+ENV.pop('TF_CONFIG', None)
+
+GOOD = {'cluster': {'chief': ['127.0.0.1:2222'], 'worker': ['127.0.0.1:2223'],
+                    'ps': ['127.0.0.1:2224']},
+        'task': {'type': 'worker', 'index': 0}}
+
+
+def test_a_good_tf_config_is_returned_as_a_dict():
+  assert distribution_utils.parse_tf_config(json.dumps(GOOD)) == GOOD
+  assert distribution_utils.parse_tf_config('') == {}
+  evaluator = dict(GOOD, task={'type': 'evaluator', 'index': 0})
+  assert distribution_utils.parse_tf_config(json.dumps(evaluator)) == evaluator
+
+
+@pytest.mark.parametrize('text, message', [
+    ('{"cluster": ', 'TF_CONFIG is not valid JSON'),
+    ('[1, 2]', 'must be a JSON object'),
+    (json.dumps({'task': {'type': 'worker', 'index': 0}}), 'no "cluster" object'),
+    (json.dumps(dict(GOOD, cluster={'master': ['h:1']})), "unknown task type 'master'"),
+    (json.dumps(dict(GOOD, cluster={'worker': 'h:1'})), 'non-empty list of "host:port"'),
+    (json.dumps(dict(GOOD, task={'type': 'boss', 'index': 0})), "task type 'boss' is unknown"),
+    (json.dumps(dict(GOOD, task={'type': 'worker', 'index': 1})),
+     'task index 1 is out of range for 1 worker task(s)'),
+    (json.dumps(dict(GOOD, task={'type': 'worker', 'index': -1})), 'out of range'),
+    (json.dumps({'cluster': {'chief': ['h:1']}, 'task': {'type': 'ps', 'index': 0}}),
+     "task type 'ps' has no addresses"),
+])
+def test_bad_tf_config_fails_fast_naming_the_defect(text, message):
+  with pytest.raises(distribution_utils.DistributionError) as error:
+    distribution_utils.parse_tf_config(text)
+  assert message in str(error.value)
+
+
+def test_host_flags_build_a_cluster_with_the_first_worker_as_chief():
+  config = distribution_utils.tf_config_from_flags(
+      ['10.0.0.1:2222', '10.0.0.2:2222'], ['10.0.0.3:2222'], 'worker', 0)
+  assert config == {'cluster': {'chief': ['10.0.0.1:2222'], 'worker': ['10.0.0.2:2222'],
+                                'ps': ['10.0.0.3:2222']},
+                    'task': {'type': 'worker', 'index': 0}}
+  with pytest.raises(distribution_utils.DistributionError, match="'worker' has no addresses"):
+    distribution_utils.tf_config_from_flags(['a:1'], [], 'worker', 0)  # only a chief
+
+
+def test_global_batch_splits_evenly_or_is_rejected():
+  assert distribution_utils.per_replica_batch_size(128, 4) == 32
+  with pytest.raises(distribution_utils.DistributionError,
+                     match='--batch_size=10 does not split evenly over 4 replicas'):
+    distribution_utils.per_replica_batch_size(10, 4)
+
+
+def _flags(argv):
+  flag_values = flags.FlagValues()
+  resnet_main.define_mnist_flags(flag_values)
+  flag_values(['resnet_main'] + list(argv))
+  return flag_values
+
+
+def test_a_cluster_tf_config_is_refused_before_model_dir_is_touched(tmp_path, monkeypatch):
+  model_dir = tmp_path / 'model'
+  model_dir.mkdir()
+  (model_dir / 'keep').write_text('x')
+  monkeypatch.setenv('TF_CONFIG', json.dumps(dict(GOOD, task={'type': 'chief', 'index': 0})))
+  with pytest.raises(distribution_utils.DistributionError, match='not supported yet'):
+    resnet_main.run_resnet(_flags(['--use_synthetic_data', '--model_dir=%s' % model_dir,
+                                   '--clean', '--num_filters=4', '--batch_size=8']))
+  monkeypatch.setenv('TF_CONFIG', '{"cluster": }')
+  with pytest.raises(distribution_utils.DistributionError, match='not valid JSON'):
+    resnet_main.run_resnet(_flags(['--use_synthetic_data', '--model_dir=%s' % model_dir,
+                                   '--clean', '--num_filters=4', '--batch_size=8']))
+  assert os.listdir(str(model_dir)) == ['keep']
+
+
+def test_unknown_strategy_and_bad_num_gpus_are_rejected():
+  with pytest.raises(flags.IllegalFlagValueError, match='off|one_device|mirrored'):
+    _flags(['--distribution_strategy=horovod'])
+  with pytest.raises(flags.IllegalFlagValueError, match='--num_gpus must be -1'):
+    _flags(['--num_gpus=-2'])
+
+
+# Two logical CPU devices must be configured before TensorFlow initialises its devices, so the
+# mirrored run goes in a fresh process.
+_MIRRORED_SCRIPT = '''
+import json, sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices('CPU')[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+from absl import flags
+from mnist_cnn import resnet_main
+flag_values = flags.FlagValues()
+resnet_main.define_mnist_flags(flag_values)
+flag_values(['resnet_main'] + sys.argv[1:])
+try:
+  results = resnet_main.run_resnet(flag_values)
+except ValueError as e:
+  print('ERROR', e)
+  sys.exit(3)
+print('RESULT', json.dumps({k: float(v) for k, v in results.items()
+                             if k in ('accuracy', 'global_step', 'loss')}))
+'''
+
+
+def _mirrored(tmp_path, *argv):
+  return subprocess.run([sys.executable, '-c', _MIRRORED_SCRIPT, '--use_synthetic_data',
+                         '--model_dir=%s' % (tmp_path / 'model'), '--num_filters=4',
+                         '--distribution_strategy=mirrored', '--num_gpus=0'] + list(argv),
+                        capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
+
+
+def test_mirrored_over_two_logical_cpus_trains_and_evaluates(tmp_path):
+  result = _mirrored(tmp_path, '--batch_size=8', '--max_train_steps=3')
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  line = [l for l in result.stdout.splitlines() if l.startswith('RESULT ')][-1]
+  results = json.loads(line[len('RESULT '):])
+  assert results['global_step'] == 3
+  assert 0.0 <= results['accuracy'] <= 1.0 and results['loss'] > 0
+  with open(str(tmp_path / 'model' / 'flags.json')) as f:
+    assert json.load(f)['replicas'] == 2
+
+
+def test_mirrored_batch_that_does_not_split_is_rejected(tmp_path):
+  result = _mirrored(tmp_path, '--batch_size=7', '--max_train_steps=1')
+  assert result.returncode == 3, result.stderr[-3000:]
+  assert 'ERROR --batch_size=7 does not split evenly over 2 replicas' in result.stdout
+  assert not os.path.exists(str(tmp_path / 'model'))
