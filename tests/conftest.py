@@ -55,6 +55,15 @@ def write_idx_dir(directory, num_train=60, num_test=20, num_classes=10, height=2
   return train_images, train_labels, test_images, test_labels
 
 
+def parse_flags(define, argv=(), program='main'):
+  """Defines a main's flags on a fresh FlagValues (no global state) and parses argv."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flag_values = flags.FlagValues()
+  define(flag_values)
+  flag_values([program] + list(argv))
+  return flag_values
+
+
 @pytest.fixture
 def idx_dir(tmp_path):
   """A directory holding a tiny valid gzip IDX dataset (60 train, 20 test, 10 classes)."""

@@ -10,6 +10,7 @@ import pytest
 
 from mnist_cnn import resnet_main
 from official.utils import distribution_utils
+from tests import conftest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
@@ -64,10 +65,7 @@ def test_global_batch_splits_evenly_or_is_rejected():
 
 
 def _flags(argv):
-  flag_values = flags.FlagValues()
-  resnet_main.define_mnist_flags(flag_values)
-  flag_values(['resnet_main'] + list(argv))
-  return flag_values
+  return conftest.parse_flags(resnet_main.define_mnist_flags, argv)
 
 
 def test_a_cluster_tf_config_is_refused_before_model_dir_is_touched(tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from mnist_cnn import cli
 from mnist_cnn import resnet_main
 from official.resnet import resnet_run_loop
 from official.utils import precision
+from tests import conftest
 
 NATIVE_BF16 = precision.cpu_supports_bf16()
 
@@ -106,10 +107,7 @@ def test_resnet_bf16_model_fn_trains_with_float32_variables():
 
 
 def _alexnet_flags(argv):
-  flag_values = flags.FlagValues()
-  alexnet_main.define_alexnet_flags(flag_values)
-  flag_values(['alexnet_main'] + list(argv))
-  return flag_values
+  return conftest.parse_flags(alexnet_main.define_alexnet_flags, argv)
 
 
 def test_alexnet_main_bf16_run_records_the_dtype_it_used(tmp_path, learnable_idx_dir):

@@ -19,7 +19,6 @@ import sys
 import threading
 import time
 
-from absl import flags
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -35,13 +34,6 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
 BYTES_SIGNATURE = export.alternative_signature(export.IMAGE_BYTES_INPUT)
 
 
-def _flags(define, argv):
-  flag_values = flags.FlagValues()
-  define(flag_values)
-  flag_values(['prog'] + list(argv))
-  return flag_values
-
-
 @pytest.fixture(scope='module')
 def exports(tmp_path_factory):
   """{'alexnet': version dir, 'alexnet_2': another AlexNet version dir, 'resnet': ...}."""
@@ -50,12 +42,12 @@ def exports(tmp_path_factory):
   conftest.write_idx_dir(data_dir, num_train=200, num_test=50, learnable=True)
   found = {}
   for name, seed in (('alexnet', 0), ('alexnet_2', 1)):
-    result = alexnet_main.run_alexnet(_flags(alexnet_main.define_alexnet_flags, [
+    result = alexnet_main.run_alexnet(conftest.parse_flags(alexnet_main.define_alexnet_flags, [
         '--data_dir=' + data_dir, '--model_dir=%s' % (root / name), '--train_epochs=1',
         '--batch_size=50', '--validation_size=0', '--optimizer=adam', '--learning_rate=0.001',
         '--seed=%d' % seed, '--export_dir=%s' % (root / (name + '_export'))]))
     found[name] = result['export_path']
-  result = resnet_main.run_resnet(_flags(resnet_main.define_mnist_flags, [
+  result = resnet_main.run_resnet(conftest.parse_flags(resnet_main.define_mnist_flags, [
       '--use_synthetic_data', '--model_dir=%s' % (root / 'resnet'), '--num_filters=4',
       '--batch_size=8', '--max_train_steps=2', '--export_dir=%s' % (root / 'resnet_export')]))
   found['resnet'] = result['export_path']
