@@ -65,7 +65,7 @@ def format_row(result):
     return '-' if value is None else fmt % value
   return '| %s | %s | %.4f | %s | %s | %s | %s | %s |' % (
       result['model'], result['flags'] or '(defaults)', result['target'],
-      'yes' if result['reached'] else 'no', cell(result['minutes'], '%.1f'),
+      'yes' if result['reached'] else 'no', cell(result['minutes'], '%.2f'),
       cell(result['epochs'], '%d'), cell(result['accuracy'], '%.4f'), result['status'])
 
 
