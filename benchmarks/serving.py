@@ -68,14 +68,20 @@ def _post(connection, body):
     raise RuntimeError('HTTP %d: %s' % (response.status, data[:200]))
 
 
-def rest_latencies(port, body, count):
-  connection = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
-  _post(connection, body)  # warm-up
+def call_latencies(call, count):
+  """Seconds taken by each of count calls of call(), after one untimed warm-up call."""
+  call()
   latencies = []
   for _ in range(count):
     started = time.perf_counter()
-    _post(connection, body)
+    call()
     latencies.append(time.perf_counter() - started)
+  return latencies
+
+
+def rest_latencies(port, body, count):
+  connection = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
+  latencies = call_latencies(lambda: _post(connection, body), count)
   connection.close()
   return latencies
 
@@ -110,13 +116,7 @@ def rest_throughput(port, body, clients, requests_per_client):
 
 
 def in_process_latencies(loaded, signature, image, count):
-  loaded.run(signature, {'images': image})
-  latencies = []
-  for _ in range(count):
-    started = time.perf_counter()
-    loaded.run(signature, {'images': image})
-    latencies.append(time.perf_counter() - started)
-  return latencies
+  return call_latencies(lambda: loaded.run(signature, {'images': image}), count)
 
 
 def in_process_throughput(loaded, signature, batch, seconds):

@@ -36,6 +36,8 @@ from mnist_cnn import alexnet_model  # pylint: disable=g-import-not-at-top,wrong
 from mnist_cnn import resnet_main  # pylint: disable=g-import-not-at-top,wrong-import-position
 from mnist_cnn import serving  # pylint: disable=g-import-not-at-top,wrong-import-position
 from official.utils import precision  # pylint: disable=g-import-not-at-top,wrong-import-position
+# benchmarks/serving.py, beside this file (a script's own directory is on sys.path).
+import serving as serving_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def machine_description():
@@ -142,26 +144,16 @@ def inference_figures(version_dir, calls, seconds):
   loaded = serving.LoadedVersion(0, version_dir)
   signature = loaded.signatures['serving_default']
 
-  def latencies(call):
-    call()
-    times = []
-    for _ in range(calls):
-      started = time.perf_counter()
-      call()
-      times.append(time.perf_counter() - started)
+  def percentiles(call):
+    times = serving_benchmark.call_latencies(call, calls)
     return 1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99)
 
-  session_p50, session_p99 = latencies(lambda: loaded.run(signature, {'images': image}))
-  loaded.run(signature, {'images': batch})
-  done, started = 0, time.perf_counter()
-  while time.perf_counter() - started < seconds:
-    loaded.run(signature, {'images': batch})
-    done += 256
-  throughput = done / (time.perf_counter() - started)
+  session_p50, session_p99 = percentiles(lambda: loaded.run(signature, {'images': image}))
+  throughput = serving_benchmark.in_process_throughput(loaded, signature, batch, seconds)
   loaded.close_when_drained()
   function = tf.saved_model.load(version_dir).signatures['serving_default']
   constant = tf.constant(image)
-  tf2_p50, tf2_p99 = latencies(lambda: function(images=constant))
+  tf2_p50, tf2_p99 = percentiles(lambda: function(images=constant))
   return session_p50, session_p99, throughput, tf2_p50, tf2_p99
 
 

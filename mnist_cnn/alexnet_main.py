@@ -147,10 +147,7 @@ def run_alexnet(flags_obj):
   """Trains (or resumes), evaluates and optionally exports; returns the final metrics dict."""
   model_dir = flags_obj.model_dir
   # Settled before anything in model_dir is touched: a refusal must not cost a checkpoint.
-  dtype, dtype_message = precision.resolve_dtype(flags_obj.dtype, flags_obj.bf16_fallback)
-  for message in (dtype_message, precision.onednn_warning()):
-    if message:
-      print(message, file=sys.stderr)
+  dtype = precision.settle_dtype(flags_obj.dtype, flags_obj.bf16_fallback)
   if flags_obj.clean and os.path.isdir(model_dir):
     shutil.rmtree(model_dir)
   data = _load_data(flags_obj)

@@ -358,12 +358,8 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
   """
   model_dir = flags_obj.model_dir
   # Settled before anything in model_dir is touched: a refusal must not cost a checkpoint.
-  dtype_name, dtype_message = precision.resolve_dtype(
-      flags_obj.dtype, flags_obj.bf16_fallback,
-      has_gpu=bool(tf.config.list_physical_devices('GPU')))
-  for message in (dtype_message, precision.onednn_warning()):
-    if message:
-      print(message, file=sys.stderr)
+  dtype_name = precision.settle_dtype(flags_obj.dtype, flags_obj.bf16_fallback,
+                                      has_gpu=bool(tf.config.list_physical_devices('GPU')))
   distribution_utils.check_no_cluster(os.environ)
   strategy = distribution_utils.get_distribution_strategy(flags_obj.distribution_strategy,
                                                           flags_obj.num_gpus)

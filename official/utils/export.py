@@ -21,7 +21,6 @@ import tensorflow as tf
 IMAGES_INPUT = 'images'
 IMAGE_BYTES_INPUT = 'image_bytes'
 DEFAULT_SIGNATURE = 'serving_default'
-OUTPUTS = ('classes', 'probabilities')
 
 
 def alternative_signature(input_name):

@@ -6,6 +6,7 @@ stops with one, as --bf16_fallback says. A GPU run keeps what was asked for.
 """
 
 import os
+import sys
 
 BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')
 FALLBACKS = ('fp32', 'error')
@@ -70,6 +71,18 @@ def resolve_dtype(dtype, fallback, has_gpu=False, flags=None):
   if fallback == 'error':
     raise PrecisionError(problem + '; use --dtype=fp32, or --bf16_fallback=fp32 to fall back')
   return 'fp32', 'warning: %s; training in fp32 instead (--bf16_fallback=fp32).' % problem
+
+
+def settle_dtype(dtype, fallback, has_gpu=False):
+  """resolve_dtype for this machine, printing its message and the oneDNN warning to stderr.
+
+  The mains call it before touching --model_dir, so a refusal costs nothing already written.
+  """
+  dtype_used, message = resolve_dtype(dtype, fallback, has_gpu=has_gpu)
+  for line in (message, onednn_warning()):
+    if line:
+      print(line, file=sys.stderr)
+  return dtype_used
 
 
 def enable_bf16_rewrite(session_config):

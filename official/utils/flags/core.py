@@ -9,6 +9,8 @@ import os
 
 from absl import flags
 
+from official.utils import precision
+
 # Hook names accepted by --hooks; official.utils.logs.hooks_helper builds them.
 HOOK_NAMES = ('loggingtensorhook', 'examplespersecondhook', 'profilerhook', 'stepcounterhook')
 
@@ -62,7 +64,7 @@ def define_base_flags(flag_values=flags.FLAGS):
   flags.DEFINE_boolean('use_synthetic_data', False,
                        'Train and evaluate on random data instead of reading --data_dir.', **fv)
   flags.DEFINE_integer('seed', 0, 'Seed for weight initialisation, shuffling and dropout.', **fv)
-  flags.DEFINE_enum('bf16_fallback', 'fp32', ['fp32', 'error'],
+  flags.DEFINE_enum('bf16_fallback', 'fp32', list(precision.FALLBACKS),
                     'What --dtype=bf16 does on a CPU without AVX512-BF16 or AMX, where bfloat16 '
                     'is emulated and slow: train in fp32 with a warning, or stop with an error.',
                     **fv)
