@@ -23,6 +23,16 @@ def _record_event(model_dir, event, **fields):
       pass  # the original error matters more than the mark
 
 
+def _is_chief(flags_obj):
+  try:
+    config = distribution_utils.cluster_config(
+        os.environ, getattr(flags_obj, 'worker_hosts', None), getattr(flags_obj, 'ps_hosts', None),
+        getattr(flags_obj, 'task_type', 'worker'), getattr(flags_obj, 'task_index', 0))
+  except distribution_utils.DistributionError:
+    return False  # a misconfigured member must not mark the chief's run
+  return distribution_utils.task_of(config)[0] == 'chief'
+
+
 def run_main(run_fn, flags_obj):
   """Runs run_fn(flags_obj) with quiet TF logging; a data error becomes one line and exit 1.
 
@@ -30,7 +40,8 @@ def run_main(run_fn, flags_obj):
   """
   tf.compat.v1.logging.set_verbosity(
       tf.compat.v1.logging.INFO if flags_obj.hooks else tf.compat.v1.logging.ERROR)
-  model_dir = getattr(flags_obj, 'model_dir', None)
+  # In a cluster all members share model_dir, and only the chief's run is recorded there.
+  model_dir = getattr(flags_obj, 'model_dir', None) if _is_chief(flags_obj) else None
   try:
     result = run_fn(flags_obj)
   except input_data.DATA_ERRORS + (precision.PrecisionError,

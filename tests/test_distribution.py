@@ -1,13 +1,17 @@
 """tf.distribute through the Estimator: strategies, batch splitting, TF_CONFIG checks."""
 
+import io
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 from absl import flags
 import pytest
 
+from mnist_cnn import launch_local_cluster
 from mnist_cnn import resnet_main
 from official.utils import distribution_utils
 from tests import conftest
@@ -48,13 +52,80 @@ def test_bad_tf_config_fails_fast_naming_the_defect(text, message):
 
 
 def test_host_flags_build_a_cluster_with_the_first_worker_as_chief():
-  config = distribution_utils.tf_config_from_flags(
-      ['10.0.0.1:2222', '10.0.0.2:2222'], ['10.0.0.3:2222'], 'worker', 0)
-  assert config == {'cluster': {'chief': ['10.0.0.1:2222'], 'worker': ['10.0.0.2:2222'],
-                                'ps': ['10.0.0.3:2222']},
-                    'task': {'type': 'worker', 'index': 0}}
-  with pytest.raises(distribution_utils.DistributionError, match="'worker' has no addresses"):
-    distribution_utils.tf_config_from_flags(['a:1'], [], 'worker', 0)  # only a chief
+  hosts = ['10.0.0.1:2222', '10.0.0.2:2222', '10.0.0.4:2222']
+  cluster = {'chief': ['10.0.0.1:2222'], 'worker': ['10.0.0.2:2222', '10.0.0.4:2222'],
+             'ps': ['10.0.0.3:2222']}
+  for task_type, index, task in [('worker', 0, {'type': 'chief', 'index': 0}),
+                                 ('worker', 2, {'type': 'worker', 'index': 1}),
+                                 ('ps', 0, {'type': 'ps', 'index': 0}),
+                                 ('evaluator', 0, {'type': 'evaluator', 'index': 0})]:
+    config = distribution_utils.tf_config_from_flags(hosts, ['10.0.0.3:2222'], task_type, index)
+    assert config == {'cluster': cluster, 'task': task}
+  assert distribution_utils.tf_config_from_flags([], [], 'worker', 0) == {}
+  for args, message in [((hosts, [], 'worker', 3), '--task_index=3 is out of range for 3'),
+                        ((hosts, [], 'ps', 0), 'out of range for 0 ps host'),
+                        (([], ['h:1'], 'ps', 0), '--ps_hosts needs --worker_hosts'),
+                        ((hosts, [], 'chief', 0), '--task_type=chief is unknown')]:
+    with pytest.raises(distribution_utils.DistributionError, match=message):
+      distribution_utils.tf_config_from_flags(*args)
+
+
+def test_each_member_watches_the_peers_it_cannot_train_without():
+  ps_cluster = {'chief': ['c:1'], 'worker': ['w:1', 'w:2'], 'ps': ['p:1']}
+  def config(cluster, task_type, index=0):
+    return {'cluster': cluster, 'task': {'type': task_type, 'index': index}}
+  assert distribution_utils.peers_to_reach(config(ps_cluster, 'worker', 1)) == {
+      'ps:0': 'p:1', 'chief:0': 'c:1'}
+  assert distribution_utils.startup_peers(config(ps_cluster, 'worker', 1)) == {'chief:0'}
+  assert distribution_utils.peers_to_reach(config(ps_cluster, 'chief')) == {'ps:0': 'p:1'}
+  assert distribution_utils.peers_to_reach(config(ps_cluster, 'ps')) == {}
+  assert distribution_utils.peers_to_reach(config(ps_cluster, 'evaluator')) == {}
+  sync = {'chief': ['c:1'], 'worker': ['w:1', 'w:2']}
+  assert distribution_utils.peers_to_reach(config(sync, 'worker', 0)) == {
+      'chief:0': 'c:1', 'worker:1': 'w:2'}
+  assert distribution_utils.startup_peers(config(sync, 'worker', 0)) == set()
+  assert distribution_utils.peers_to_reach({}) == {}
+  assert distribution_utils.training_workers(config(sync, 'chief')) == 3
+  assert distribution_utils.training_workers({}) == 1
+
+
+def _watch(peers, timeout_s, **kwargs):
+  exits, stream = [], io.StringIO()
+  watchdog = distribution_utils.PeerWatchdog(peers, timeout_s, poll_s=0.05, stream=stream,
+                                             exit_fn=exits.append, **kwargs)
+  watchdog.start()
+  return watchdog, exits, stream
+
+
+def test_the_watchdog_ends_the_process_naming_a_peer_that_stays_unreachable():
+  listening = socket.socket()
+  listening.bind(('127.0.0.1', 0))
+  listening.listen()
+  live = '127.0.0.1:%d' % listening.getsockname()[1]
+  dead_port = launch_local_cluster.free_ports(1)[0]
+  dead = '127.0.0.1:%d' % dead_port
+  watchdog, exits, stream = _watch({'chief:0': live, 'ps:0': dead}, timeout_s=0.5)
+  watchdog.join(10)
+  listening.close()
+  assert exits == [1]
+  assert stream.getvalue() == (
+      'error: cluster member ps:0 at %s is unreachable: no answer for 0.5 s (--cluster_timeout_s); '
+      'check that it runs and that the address is right\n' % dead)
+
+
+def test_the_watchdog_lets_a_startup_peer_go_once_seen_and_stops_on_request():
+  listening = socket.socket()
+  listening.bind(('127.0.0.1', 0))
+  listening.listen()
+  address = '127.0.0.1:%d' % listening.getsockname()[1]
+  watchdog, exits, _ = _watch({'chief:0': address}, timeout_s=0.3, startup_only={'chief:0'})
+  time.sleep(0.3)
+  listening.close()  # the chief goes away after the worker's start: no longer needed
+  time.sleep(0.8)
+  assert exits == [] and watchdog.peers == {}
+  watchdog.stop()
+  watchdog.join(5)
+  assert not watchdog.is_alive()
 
 
 def test_global_batch_splits_evenly_or_is_rejected():
@@ -68,12 +139,13 @@ def _flags(argv):
   return conftest.parse_flags(resnet_main.define_mnist_flags, argv)
 
 
-def test_a_cluster_tf_config_is_refused_before_model_dir_is_touched(tmp_path, monkeypatch):
+def test_a_cluster_for_a_local_strategy_is_refused_before_model_dir_is_touched(tmp_path,
+                                                                               monkeypatch):
   model_dir = tmp_path / 'model'
   model_dir.mkdir()
   (model_dir / 'keep').write_text('x')
   monkeypatch.setenv('TF_CONFIG', json.dumps(dict(GOOD, task={'type': 'chief', 'index': 0})))
-  with pytest.raises(distribution_utils.DistributionError, match='not supported yet'):
+  with pytest.raises(distribution_utils.DistributionError, match='trains in one process'):
     resnet_main.run_resnet(_flags(['--use_synthetic_data', '--model_dir=%s' % model_dir,
                                    '--clean', '--num_filters=4', '--batch_size=8']))
   monkeypatch.setenv('TF_CONFIG', '{"cluster": }')
@@ -84,7 +156,7 @@ def test_a_cluster_tf_config_is_refused_before_model_dir_is_touched(tmp_path, mo
 
 
 def test_unknown_strategy_and_bad_num_gpus_are_rejected():
-  with pytest.raises(flags.IllegalFlagValueError, match='off|one_device|mirrored'):
+  with pytest.raises(flags.IllegalFlagValueError, match='off|one_device|mirrored|parameter_server'):
     _flags(['--distribution_strategy=horovod'])
   with pytest.raises(flags.IllegalFlagValueError, match='--num_gpus must be -1'):
     _flags(['--num_gpus=-2'])
@@ -99,6 +171,7 @@ cpu = tf.config.list_physical_devices('CPU')[0]
 tf.config.set_logical_device_configuration(
     cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
 from absl import flags
+from mnist_cnn import launch_local_cluster
 from mnist_cnn import resnet_main
 flag_values = flags.FlagValues()
 resnet_main.define_mnist_flags(flag_values)

@@ -7,6 +7,7 @@ written back into parsed flags, a rerun resumes to the target epoch count instea
 again, and the batch-norm variables are left out of weight decay by name.
 """
 
+import json
 import math
 import multiprocessing
 import os
@@ -313,6 +314,11 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
                      for name in ('cross_entropy', 'train_accuracy', 'learning_rate')}
     self._fetches['global_step'] = tf.compat.v1.train.get_global_step()
 
+  def after_create_session(self, session, coord):
+    # The launcher of a local cluster waits for this line to start the workers.
+    self._print('%s at step %d' % (run_record.SESSION_READY, session.run(self._fetches['global_step'])))
+    sys.stdout.flush()
+
   def before_run(self, run_context):
     return tf.compat.v1.train.SessionRunArgs(self._fetches)
 
@@ -360,17 +366,31 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
   # Settled before anything in model_dir is touched: a refusal must not cost a checkpoint.
   dtype_name = precision.settle_dtype(flags_obj.dtype, flags_obj.bf16_fallback,
                                       has_gpu=bool(tf.config.list_physical_devices('GPU')))
-  distribution_utils.check_no_cluster(os.environ)
+  cluster = distribution_utils.cluster_config(
+      os.environ, flags_obj.worker_hosts, flags_obj.ps_hosts, flags_obj.task_type,
+      flags_obj.task_index)
+  distribution_utils.check_strategy_for_cluster(flags_obj.distribution_strategy, cluster)
+  if cluster:
+    _check_cluster_flags(flags_obj)
   strategy = distribution_utils.get_distribution_strategy(flags_obj.distribution_strategy,
                                                           flags_obj.num_gpus)
-  replicas = distribution_utils.num_replicas(strategy)
+  replicas = _replicas(flags_obj.distribution_strategy, strategy, cluster)
   replica_batch_size = distribution_utils.per_replica_batch_size(flags_obj.batch_size, replicas)
-  if flags_obj.clean and os.path.isdir(model_dir):
-    shutil.rmtree(model_dir)
-  os.makedirs(model_dir, exist_ok=True)
-  run_record.write_flags(model_dir, flags_core.flags_dict(flags_obj), extra={
-      'replicas': replicas, 'model': 'resnet', 'dataset': dataset_name, 'image_shape': list(shape),
-      'train_examples': num_train_images, 'dtype_used': dtype_name})
+  task_type, task_index = distribution_utils.task_of(cluster)
+  is_chief = task_type == 'chief'
+  if is_chief:
+    if flags_obj.clean and os.path.isdir(model_dir):
+      shutil.rmtree(model_dir)
+    os.makedirs(model_dir, exist_ok=True)
+    run_record.write_flags(model_dir, flags_core.flags_dict(flags_obj), extra={
+        'replicas': replicas, 'model': 'resnet', 'dataset': dataset_name,
+        'image_shape': list(shape), 'train_examples': num_train_images, 'dtype_used': dtype_name,
+        'cluster': cluster.get('cluster')})
+  if cluster:
+    # train_and_evaluate reads the cluster from the environment.
+    os.environ['TF_CONFIG'] = json.dumps(cluster)
+    print('Cluster member %s:%d of %s' % (task_type, task_index, json.dumps(cluster['cluster'])))
+    sys.stdout.flush()
 
   threads = override_flags_and_set_envars_for_gpu_thread_pool(flags_obj)
   session_config = tf.compat.v1.ConfigProto(
@@ -378,9 +398,10 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
       intra_op_parallelism_threads=flags_obj.intra_op_parallelism_threads,
       allow_soft_placement=True)
   run_config = tf.estimator.RunConfig(
-      train_distribute=strategy, eval_distribute=strategy,
+      train_distribute=strategy, eval_distribute=None if cluster else strategy,
       model_dir=model_dir, tf_random_seed=flags_obj.seed, session_config=session_config,
-      save_checkpoints_secs=60 * 10, keep_checkpoint_max=5, log_step_count_steps=1000)
+      save_checkpoints_secs=flags_obj.save_checkpoints_secs, keep_checkpoint_max=5,
+      log_step_count_steps=1000, session_creation_timeout_secs=flags_obj.cluster_timeout_s)
   warm_start = None
   if flags_obj.pretrained_model_checkpoint_path:
     # Everything but the final dense layer, whose class count may differ.
@@ -400,11 +421,13 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
   progress = ProgressHook(batch_size, steps_per_epoch)
   train_hooks.append(progress)
 
-  def input_fn_train(num_epochs):
-    # Under a strategy each replica's input_fn call yields that replica's share of the batch.
+  def input_fn_train(num_epochs, input_context=None):
+    # Under a strategy each replica's input_fn call yields that replica's share of the batch;
+    # each worker of a cluster shuffles with its own seed, so they do not train in lockstep.
+    pipeline = input_context.input_pipeline_id if input_context else 0
     return input_function(is_training=True, data_dir=flags_obj.data_dir,
                           batch_size=replica_batch_size, num_epochs=num_epochs, dtype=dtype,
-                          seed=flags_obj.seed,
+                          seed=flags_obj.seed + pipeline,
                           datasets_num_private_threads=threads['datasets_num_private_threads'])
 
   def input_fn_eval():
@@ -414,6 +437,11 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
   eval_steps = None
   if flags_obj.use_synthetic_data:
     eval_steps = 2  # synthetic input repeats forever
+
+  if cluster:
+    return _train_in_cluster(flags_obj, classifier, cluster, input_fn_train, input_fn_eval,
+                             eval_steps, train_hooks, progress, steps_per_epoch, model_function,
+                             params, shape)
 
   epochs = flags_obj.train_epochs
   cycle_ends = list(range(flags_obj.epochs_between_evals, epochs, flags_obj.epochs_between_evals))
@@ -475,6 +503,137 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
     results['export_path'] = _export(classifier, flags_obj.export_dir, receiver_fn)
     print('Exported SavedModel to %s' % results['export_path'])
   return results
+
+
+def _check_cluster_flags(flags_obj):
+  """Flags that need the local train/evaluate cycles cannot be honoured in a cluster."""
+  for name in ('stop_threshold', 'eval_only'):
+    if getattr(flags_obj, name):
+      raise distribution_utils.DistributionError(
+          '--%s needs evaluations between training cycles, which a cluster does not run '
+          '(the chief evaluates once at the end; add an evaluator task to follow accuracy)' %
+          name)
+
+
+def _replicas(name, strategy, cluster):
+  """Replicas that share one step's --batch_size: every device of every worker under
+  multi_worker_mirrored, this worker's devices under parameter_server (each worker step
+  updates the ps variables on its own), the strategy's devices otherwise."""
+  if name in distribution_utils.CLUSTER_STRATEGIES:
+    local = max(1, len(tf.config.list_physical_devices('GPU')))
+    if name == 'multi_worker_mirrored':
+      return local * distribution_utils.training_workers(cluster)
+    return local
+  return distribution_utils.num_replicas(strategy)
+
+
+def _train_in_cluster(flags_obj, classifier, cluster, input_fn_train, input_fn_eval,
+                      eval_steps, train_hooks, progress, steps_per_epoch, model_function,
+                      params, shape):
+  """One process of a cluster: tf.estimator.train_and_evaluate to the last step.
+
+  ps tasks serve variables until stopped; an evaluator evaluates each new checkpoint. The chief
+  then evaluates the final checkpoint in this process and writes metrics.json and the export,
+  so a cluster's run directory looks like a local one's.
+  """
+  task_type, task_index = distribution_utils.task_of(cluster)
+  max_steps = flags_obj.train_epochs * steps_per_epoch
+  if flags_obj.max_train_steps:
+    max_steps = min(max_steps, flags_obj.max_train_steps)
+  watchdog = distribution_utils.PeerWatchdog(
+      distribution_utils.peers_to_reach(cluster), flags_obj.cluster_timeout_s,
+      startup_only=distribution_utils.startup_peers(cluster))
+  watchdog.start()
+  # Members that finish the last step leave; from then on this one needs no one.
+  train_hooks = list(train_hooks) + [_StopAtStepHook(watchdog.stop, max_steps)]
+  model_dir = flags_obj.model_dir
+  done = _checkpoint_step(model_dir) if task_type == 'chief' else 0
+  if done:
+    print('chief:0: resuming from the checkpoint at step %d' % done)
+  train_spec = tf.estimator.TrainSpec(
+      input_fn=lambda input_context=None: input_fn_train(None, input_context),
+      max_steps=max_steps, hooks=train_hooks)
+  eval_spec = tf.estimator.EvalSpec(input_fn=input_fn_eval, steps=eval_steps,
+                                    start_delay_secs=0, throttle_secs=1)
+  print('%s:%d: %s' % (task_type, task_index, {
+      'ps': 'serving variables until stopped',
+      'evaluator': 'evaluating each new checkpoint up to step %d' % max_steps,
+  }.get(task_type, 'training to step %d (%s)' % (
+      max_steps, '--max_train_steps' if max_steps == flags_obj.max_train_steps else
+      '%d epochs of %d steps' % (flags_obj.train_epochs, steps_per_epoch)))))
+  sys.stdout.flush()
+  started = time.monotonic()
+  try:
+    tf.estimator.train_and_evaluate(classifier, train_spec, eval_spec)
+  except KeyboardInterrupt:
+    if task_type == 'chief':
+      run_record.append_metrics(model_dir, {'event': 'interrupted'})
+    raise
+  finally:
+    watchdog.stop()
+  train_seconds = time.monotonic() - started
+  if task_type != 'chief':
+    print('%s:%d: done' % (task_type, task_index))
+    return {}
+
+  # The cluster's Estimator runs through the distribute coordinator; evaluating and exporting
+  # the final checkpoint is local work, done by a plain Estimator over the same model_dir.
+  local = _local_estimator(model_function, model_dir, params, flags_obj.seed)
+  results = _evaluate(local, input_fn_eval, eval_steps)
+  trained_steps = results['global_step'] - done
+  batch_size = flags_obj.batch_size
+  record = dict(results, epoch=flags_obj.train_epochs, seconds=train_seconds,
+                train_loss_mean=progress.mean_loss, num_parameters=progress.num_parameters,
+                epochs_trained=trained_steps / steps_per_epoch,
+                examples_per_second=trained_steps * batch_size / train_seconds,
+                workers=distribution_utils.training_workers(cluster))
+  run_record.append_metrics(model_dir, record)
+  print('Cluster trained to step %d: test accuracy %.4f, %.1f examples/s over %d worker(s)' % (
+      results['global_step'], results['accuracy'], record['examples_per_second'],
+      record['workers']))
+  if flags_obj.export_dir:
+    receiver_fn = lambda: serving_input_fn(
+        shape, image_bytes_default=flags_obj.image_bytes_as_serving_input)
+    results['export_path'] = _export(local, flags_obj.export_dir, receiver_fn)
+    print('Exported SavedModel to %s' % results['export_path'])
+  return results
+
+
+class _StopAtStepHook(tf.compat.v1.train.SessionRunHook):
+  """Calls stop() once training reaches last_step, or when it ends at all."""
+
+  def __init__(self, stop, last_step):
+    self._stop = stop
+    self._last_step = last_step
+
+  def begin(self):
+    self._global_step = tf.compat.v1.train.get_global_step()
+
+  def before_run(self, run_context):
+    return tf.compat.v1.train.SessionRunArgs(self._global_step)
+
+  def after_run(self, run_context, run_values):
+    if run_values.results + 1 >= self._last_step:
+      self._stop()
+
+  def end(self, session):
+    self._stop()
+
+
+def _checkpoint_step(model_dir):
+  path = tf.train.latest_checkpoint(model_dir)
+  return int(tf.train.load_variable(path, 'global_step')) if path else 0
+
+
+def _local_estimator(model_function, model_dir, params, seed):
+  """An Estimator of this process alone, blind to TF_CONFIG."""
+  tf_config = os.environ.pop('TF_CONFIG', None)
+  try:
+    return tf.estimator.Estimator(model_fn=model_function, model_dir=model_dir, params=params,
+                                  config=tf.estimator.RunConfig(tf_random_seed=seed))
+  finally:
+    if tf_config is not None:
+      os.environ['TF_CONFIG'] = tf_config
 
 
 def _export(classifier, export_dir, receiver_fn):
@@ -548,12 +707,35 @@ def define_resnet_flags(resnet_size_choices=None, flag_values=flags.FLAGS):
   flags.DEFINE_integer('per_gpu_thread_count', 0,
                        'Threads per GPU with --tf_gpu_thread_mode (0: 2).', **fv)
   flags.DEFINE_enum('distribution_strategy', 'off', list(distribution_utils.STRATEGIES),
-                    'tf.distribute strategy for training and evaluation. mirrored: one replica '
-                    'per device of --num_gpus (per logical CPU device with --num_gpus=0); the '
-                    'global --batch_size is split evenly over the replicas.', **fv)
+                    'tf.distribute strategy. mirrored: one replica per device of --num_gpus '
+                    '(per logical CPU device with --num_gpus=0), the global --batch_size split '
+                    'evenly over them. multi_worker_mirrored: synchronous, one process per '
+                    'worker, the global --batch_size split over the workers. parameter_server: '
+                    'asynchronous, variables on the ps tasks, each worker step a --batch_size '
+                    'batch. The last two need a cluster (TF_CONFIG or --worker_hosts).', **fv)
   flags.DEFINE_integer('num_gpus', 0, 'GPUs to use: -1 all, 0 none (CPU).', **fv)
+  flags.DEFINE_list('worker_hosts', [],
+                    'host:port of every training process; the first is the chief. Builds '
+                    'TF_CONFIG (give one or the other).', **fv)
+  flags.DEFINE_list('ps_hosts', [], 'host:port of each parameter server.', **fv)
+  flags.DEFINE_enum('task_type', 'worker', list(distribution_utils.FLAG_TASK_TYPES),
+                    'This process\'s role with --worker_hosts: worker (index 0 is the chief), '
+                    'ps, or evaluator (evaluates each new checkpoint).', **fv)
+  flags.DEFINE_integer('task_index', 0, 'This process\'s index among --task_type hosts.', **fv)
+  flags.DEFINE_integer('save_checkpoints_secs', 600,
+                       'Seconds between checkpoints during training (one is always written at '
+                       'the end of each training cycle).', **fv)
+  flags.DEFINE_integer('cluster_timeout_s', 120,
+                       'A cluster member exits with an error when a member it needs has not '
+                       'answered for this many seconds.', **fv)
   flags.register_validator('num_gpus', lambda v: v >= -1,
                            message='--num_gpus must be -1 (all), 0 or more', **fv)
+  flags.register_validator('task_index', lambda v: v >= 0,
+                           message='--task_index must be zero or more', **fv)
+  flags.register_validator('save_checkpoints_secs', lambda v: v > 0,
+                           message='--save_checkpoints_secs must be positive', **fv)
+  flags.register_validator('cluster_timeout_s', lambda v: v > 0,
+                           message='--cluster_timeout_s must be positive', **fv)
   flags.register_validator('loss_scale', lambda v: v is None or v > 0,
                            message='--loss_scale must be positive', **fv)
   flags.register_validator('weight_decay', lambda v: v >= 0,

@@ -1,18 +1,28 @@
-"""tf.distribute strategies for the Estimator, and the cluster description they will run on.
+"""tf.distribute strategies for the Estimator, and the cluster description they run on.
 
 --distribution_strategy picks one of STRATEGIES; --num_gpus says how many devices (-1: all
-GPUs, 0: the CPU, or every logical CPU device when mirroring, as the tests set them up). A
-cluster will come from the TF_CONFIG environment variable or from host flags; a malformed
-TF_CONFIG fails at start, naming what is wrong.
+GPUs, 0: the CPU, or every logical CPU device when mirroring, as the tests set them up). The
+cluster strategies need a cluster, from the TF_CONFIG environment variable or from the host
+flags (--worker_hosts, --ps_hosts, --task_type, --task_index); a malformed one fails at start,
+naming what is wrong, and a member that cannot reach the others fails after a bounded wait,
+naming the address (PeerWatchdog).
 """
 
 import json
+import os
+import socket
+import sys
+import threading
+import time
 
 import tensorflow as tf
 
-# multi_worker_mirrored and parameter_server (clusters through train_and_evaluate) come next;
-# parse_tf_config below already checks the TF_CONFIG they will read.
-STRATEGIES = ('off', 'one_device', 'mirrored')
+LOCAL_STRATEGIES = ('off', 'one_device', 'mirrored')
+# Between-graph strategies: one process per task, run through tf.estimator.train_and_evaluate.
+CLUSTER_STRATEGIES = ('multi_worker_mirrored', 'parameter_server')
+STRATEGIES = LOCAL_STRATEGIES + CLUSTER_STRATEGIES
+# What --task_type accepts: 'worker' index 0 is the chief (a TF_CONFIG may say 'chief' itself).
+FLAG_TASK_TYPES = ('worker', 'ps', 'evaluator')
 
 
 class DistributionError(ValueError):
@@ -64,25 +74,98 @@ def parse_tf_config(text):
 
 
 def tf_config_from_flags(worker_hosts, ps_hosts, task_type, task_index):
-  """A TF_CONFIG dict from host lists: the first worker is the chief, as Estimators expect."""
+  """A TF_CONFIG dict from host lists, as TF1 scripts took them: worker_hosts[0] is the chief,
+  so --task_type=worker --task_index=0 is the chief and index i > 0 is TF_CONFIG's worker i-1.
+  """
   if not worker_hosts:
+    if ps_hosts:
+      raise DistributionError('--ps_hosts needs --worker_hosts (the first worker is the chief)')
     return {}
+  if task_type not in FLAG_TASK_TYPES:
+    raise DistributionError('--task_type=%s is unknown; choose one of %s' % (
+        task_type, ', '.join(FLAG_TASK_TYPES)))
+  hosts = {'worker': worker_hosts, 'ps': ps_hosts or [], 'evaluator': [None]}[task_type]
+  if not 0 <= task_index < len(hosts):
+    raise DistributionError('--task_index=%d is out of range for %d %s host(s)' % (
+        task_index, len(hosts), task_type))
   cluster = {'chief': [worker_hosts[0]]}
   if len(worker_hosts) > 1:
     cluster['worker'] = list(worker_hosts[1:])
   if ps_hosts:
     cluster['ps'] = list(ps_hosts)
-  config = {'cluster': cluster, 'task': {'type': task_type, 'index': task_index}}
-  return parse_tf_config(json.dumps(config))
+  task = {'type': task_type, 'index': task_index}
+  if task_type == 'worker':
+    task = {'type': 'chief', 'index': 0} if task_index == 0 else {'type': 'worker',
+                                                                   'index': task_index - 1}
+  return parse_tf_config(json.dumps({'cluster': cluster, 'task': task}))
 
 
-def check_no_cluster(environ):
-  """Fails fast on a TF_CONFIG: a bad one names its defect, and a good one says that training
-  across processes is not supported yet (rather than failing later inside the Estimator)."""
-  config = parse_tf_config(environ.get('TF_CONFIG', ''))
-  if config:
-    raise DistributionError('TF_CONFIG describes a cluster, and multi-process training is not '
-                            'supported yet; unset TF_CONFIG to train in this process')
+def cluster_config(environ, worker_hosts=None, ps_hosts=None, task_type='worker', task_index=0):
+  """The cluster this process belongs to, as a TF_CONFIG dict ({} for none).
+
+  From the host flags or from TF_CONFIG, not both (which would win is a guess).
+  """
+  from_flags = tf_config_from_flags(worker_hosts, ps_hosts, task_type, task_index)
+  from_environ = parse_tf_config(environ.get('TF_CONFIG', ''))
+  if from_flags and from_environ:
+    raise DistributionError('both TF_CONFIG and --worker_hosts describe a cluster; give one')
+  return from_flags or from_environ
+
+
+def check_strategy_for_cluster(name, config):
+  """The strategy and the cluster must fit: cluster strategies need one and local ones refuse
+  one (rather than failing later inside the Estimator)."""
+  if name not in STRATEGIES:
+    raise DistributionError('unknown --distribution_strategy %r; choose one of %s' % (
+        name, ', '.join(STRATEGIES)))
+  cluster = config.get('cluster', {})
+  if name in CLUSTER_STRATEGIES and not config:
+    raise DistributionError('--distribution_strategy=%s needs a cluster: set TF_CONFIG or '
+                            '--worker_hosts (and --ps_hosts, --task_type, --task_index)' % name)
+  if config and name not in CLUSTER_STRATEGIES:
+    raise DistributionError('a cluster is given (TF_CONFIG or --worker_hosts) but '
+                            '--distribution_strategy=%s trains in one process; use one of %s, '
+                            'or unset TF_CONFIG' % (name, ', '.join(CLUSTER_STRATEGIES)))
+  if name == 'parameter_server' and 'ps' not in cluster:
+    raise DistributionError('--distribution_strategy=parameter_server needs ps tasks '
+                            '(--ps_hosts or "ps" in TF_CONFIG)')
+  if name == 'multi_worker_mirrored' and 'ps' in cluster:
+    raise DistributionError('--distribution_strategy=multi_worker_mirrored has no use for ps '
+                            'tasks; drop them or use parameter_server')
+  if config and 'chief' not in cluster:
+    raise DistributionError('the cluster has no chief; the chief writes checkpoints and '
+                            'exports (TF_CONFIG "chief", or the first of --worker_hosts)')
+
+
+def task_of(config):
+  """(type, index) of this process in config; ('chief', 0) without a cluster."""
+  if not config:
+    return 'chief', 0
+  return config['task']['type'], config['task'].get('index', 0)
+
+
+def training_workers(config):
+  """How many processes train (chief and workers), 1 without a cluster."""
+  cluster = config.get('cluster', {})
+  return len(cluster.get('chief', [])) + len(cluster.get('worker', [])) if config else 1
+
+
+def peers_to_reach(config):
+  """{'type:index': address} of the members this process cannot train without.
+
+  ps tasks only serve variables and evaluators only read checkpoints, so they wait for no one;
+  under parameter_server a worker needs the ps tasks and the chief (which initialises the
+  variables), and the chief needs the ps tasks; under multi_worker_mirrored every training
+  process needs every other one (each step is a collective).
+  """
+  task_type, index = task_of(config)
+  if not config or task_type in ('ps', 'evaluator'):
+    return {}
+  cluster = config['cluster']
+  wanted = ['ps', 'chief'] if 'ps' in cluster else ['chief', 'worker']
+  return {'%s:%d' % (job, i): address
+          for job in wanted for i, address in enumerate(cluster.get(job, []))
+          if (job, i) != (task_type, index)}
 
 
 def num_replicas(strategy):
@@ -110,12 +193,23 @@ def _devices(num_gpus, allow_cpus):
 
 
 def get_distribution_strategy(name, num_gpus=0):
-  """The tf.distribute strategy for --distribution_strategy (None for 'off')."""
+  """The tf.distribute strategy for --distribution_strategy (None for 'off').
+
+  The cluster strategies are the TF1 (between-graph) classes the Estimator drives through its
+  distribute coordinator; they read the cluster from TF_CONFIG when training starts.
+  """
   if name not in STRATEGIES:
     raise DistributionError('unknown --distribution_strategy %r; choose one of %s' % (
         name, ', '.join(STRATEGIES)))
   if name == 'off':
     return None
+  if name == 'parameter_server':
+    return tf.compat.v1.distribute.experimental.ParameterServerStrategy()
+  if name == 'multi_worker_mirrored':
+    # The TF1 collective strategy configures itself for eager collectives (and fails on an
+    # eager device it cannot see) unless the process runs graph mode only, as TF1 did.
+    tf.compat.v1.disable_eager_execution()
+    return tf.compat.v1.distribute.experimental.MultiWorkerMirroredStrategy()
   if name == 'one_device':
     return tf.distribute.OneDeviceStrategy(_devices(min(num_gpus, 1), False)[0])
   devices = _devices(num_gpus, True)
@@ -125,3 +219,74 @@ def get_distribution_strategy(name, num_gpus=0):
     cross_device_ops = tf.distribute.ReductionToOneDevice()
   return tf.compat.v1.distribute.MirroredStrategy(devices=devices,
                                                   cross_device_ops=cross_device_ops)
+
+
+def startup_peers(config):
+  """The peers of peers_to_reach needed only until training starts: under parameter_server a
+  worker waits for the chief to initialise the variables, then trains on without it."""
+  task_type, _ = task_of(config)
+  if config and 'ps' in config['cluster'] and task_type == 'worker':
+    return {'chief:0'}
+  return set()
+
+
+def _reachable(address, timeout_s=1.0):
+  host, port = address.rsplit(':', 1)
+  try:
+    with socket.create_connection((host, int(port)), timeout=timeout_s):
+      return True
+  except (OSError, ValueError):
+    return False
+
+
+class PeerWatchdog(threading.Thread):
+  """Ends this process when a cluster member it needs stays unreachable.
+
+  TensorFlow waits for a missing member without end (session creation retries, "CreateSession
+  still waiting"), so a typo in a host list or a dead ps would hang every other member. This
+  thread connects to each needed peer every `poll_s` (those in `startup_only` until they first
+  answer); a peer that has not answered for `timeout_s` (at start, or since it last answered) gets a one-line error naming it and its
+  address, and the process exits with `exit_code`. It cannot raise into the main thread, which is
+  blocked inside TensorFlow, hence the hard exit; checkpoints are written to a temporary file
+  and renamed, so none is left half-written.
+  """
+
+  def __init__(self, peers, timeout_s, startup_only=(), poll_s=1.0, exit_code=1, stream=None,
+               exit_fn=None):
+    super().__init__(name='peer-watchdog', daemon=True)
+    self.peers = dict(peers)
+    self.startup_only = set(startup_only)
+    self.timeout_s = timeout_s
+    self.poll_s = poll_s
+    self.exit_code = exit_code
+    self.stream = stream or sys.stderr
+    self.exit_fn = exit_fn or _hard_exit
+    self._stop_event = threading.Event()
+
+  def stop(self):
+    self._stop_event.set()
+
+  def run(self):
+    last_seen = {name: time.monotonic() for name in self.peers}
+    while not self._stop_event.is_set():
+      now = time.monotonic()
+      for name, address in list(self.peers.items()):
+        if _reachable(address):
+          last_seen[name] = time.monotonic()
+          if name in self.startup_only:
+            del self.peers[name]  # seen once: no longer needed
+        elif now - last_seen[name] > self.timeout_s:
+          if self._stop_event.is_set():
+            return
+          self.stream.write('error: cluster member %s at %s is unreachable: no answer for %g s '
+                            '(--cluster_timeout_s); check that it runs and that the address is '
+                            'right\n' % (name, address, self.timeout_s))
+          self.stream.flush()
+          self.exit_fn(self.exit_code)
+          return
+      self._stop_event.wait(self.poll_s)
+
+
+def _hard_exit(code):
+  sys.stdout.flush()
+  os._exit(code)  # pylint: disable=protected-access

@@ -11,6 +11,9 @@ import time
 
 FLAGS_FILE = 'flags.json'
 METRICS_FILE = 'metrics.json'
+# Printed when a training session is up (its variables initialised or restored); the local
+# cluster launcher waits for the chief's before starting workers.
+SESSION_READY = 'Training session ready'
 
 
 def _json_default(value):
