@@ -324,6 +324,8 @@ def test_under_multi_worker_mirrored_a_lost_worker_stops_the_chief_and_a_rerun_r
     run.kill()
   assert re.search(r'\[chief\] error: cluster member worker:0 at 127\.0\.0\.1:\d+ is '
                    r'unreachable', run.text), run.text[-3000:]
+  last = run_record.read_metrics(str(model_dir))[-1]
+  assert last['event'] == 'failed' and 'worker:0 at 127.0.0.1:' in last['error']
   saved = _checkpoint_step(model_dir)
   rerun = _launcher(model_dir, *args, main_flags=main_flags)
   assert rerun.finish() == 0, rerun.text[-4000:]

@@ -209,3 +209,31 @@ def test_mirrored_batch_that_does_not_split_is_rejected(tmp_path):
   assert result.returncode == 3, result.stderr[-3000:]
   assert 'ERROR --batch_size=7 does not split evenly over 2 replicas' in result.stdout
   assert not os.path.exists(str(tmp_path / 'model'))
+
+
+def test_the_cluster_comes_from_tf_config_or_the_host_flags_not_both():
+  environ = {'TF_CONFIG': json.dumps(GOOD)}
+  assert distribution_utils.cluster_config(environ) == GOOD
+  assert distribution_utils.task_of(GOOD) == ('worker', 0)
+  from_flags = distribution_utils.cluster_config({}, ['h:1', 'h:2'], ['h:3'], 'worker', 1)
+  assert from_flags['task'] == {'type': 'worker', 'index': 0}
+  assert distribution_utils.cluster_config({}) == {}
+  assert distribution_utils.task_of({}) == ('chief', 0)
+  with pytest.raises(distribution_utils.DistributionError, match='both TF_CONFIG and'):
+    distribution_utils.cluster_config(environ, ['h:1'], [], 'worker', 0)
+
+
+@pytest.mark.parametrize('name, config, message', [
+    ('parameter_server', {}, 'needs a cluster'),
+    ('multi_worker_mirrored', GOOD, 'no use for ps tasks'),
+    ('parameter_server', {'cluster': {'chief': ['h:1']}, 'task': {'type': 'chief'}},
+     'needs ps tasks'),
+    ('mirrored', GOOD, 'trains in one process'),
+    ('parameter_server', {'cluster': {'worker': ['h:1'], 'ps': ['h:2']},
+                          'task': {'type': 'worker', 'index': 0}}, 'the cluster has no chief'),
+])
+def test_the_strategy_must_fit_the_cluster(name, config, message):
+  with pytest.raises(distribution_utils.DistributionError, match=message):
+    distribution_utils.check_strategy_for_cluster(name, config)
+  distribution_utils.check_strategy_for_cluster('off', {})
+  distribution_utils.check_strategy_for_cluster('parameter_server', GOOD)

@@ -316,7 +316,8 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
 
   def after_create_session(self, session, coord):
     # The launcher of a local cluster waits for this line to start the workers.
-    self._print('%s at step %d' % (run_record.SESSION_READY, session.run(self._fetches['global_step'])))
+    step = session.run(self._fetches['global_step'])
+    self._print('%s at step %d' % (run_record.SESSION_READY, step))
     sys.stdout.flush()
 
   def before_run(self, run_context):
@@ -540,13 +541,17 @@ def _train_in_cluster(flags_obj, classifier, cluster, input_fn_train, input_fn_e
   max_steps = flags_obj.train_epochs * steps_per_epoch
   if flags_obj.max_train_steps:
     max_steps = min(max_steps, flags_obj.max_train_steps)
+  model_dir = flags_obj.model_dir
+  mark_failed = None
+  if task_type == 'chief':
+    mark_failed = lambda message: run_record.append_metrics(
+        model_dir, {'event': 'failed', 'error': message})
   watchdog = distribution_utils.PeerWatchdog(
       distribution_utils.peers_to_reach(cluster), flags_obj.cluster_timeout_s,
-      startup_only=distribution_utils.startup_peers(cluster))
+      startup_only=distribution_utils.startup_peers(cluster), on_failure=mark_failed)
   watchdog.start()
   # Members that finish the last step leave; from then on this one needs no one.
   train_hooks = list(train_hooks) + [_StopAtStepHook(watchdog.stop, max_steps)]
-  model_dir = flags_obj.model_dir
   done = _checkpoint_step(model_dir) if task_type == 'chief' else 0
   if done:
     print('chief:0: resuming from the checkpoint at step %d' % done)

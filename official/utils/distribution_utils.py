@@ -245,15 +245,17 @@ class PeerWatchdog(threading.Thread):
   TensorFlow waits for a missing member without end (session creation retries, "CreateSession
   still waiting"), so a typo in a host list or a dead ps would hang every other member. This
   thread connects to each needed peer every `poll_s` (those in `startup_only` until they first
-  answer); a peer that has not answered for `timeout_s` (at start, or since it last answered) gets a one-line error naming it and its
-  address, and the process exits with `exit_code`. It cannot raise into the main thread, which is
-  blocked inside TensorFlow, hence the hard exit; checkpoints are written to a temporary file
-  and renamed, so none is left half-written.
+  answer); a peer that has not answered for `timeout_s` (at start, or since it last answered)
+  gets a one-line error naming it and its address, and the process exits with `exit_code`. It
+  cannot raise into the main thread, which is blocked inside TensorFlow, hence the hard exit;
+  checkpoints are written to a temporary file and renamed, so none is left half-written.
   """
 
   def __init__(self, peers, timeout_s, startup_only=(), poll_s=1.0, exit_code=1, stream=None,
-               exit_fn=None):
+               exit_fn=None, on_failure=None):
+    """on_failure(message), if given, runs before the exit (the chief marks its run failed)."""
     super().__init__(name='peer-watchdog', daemon=True)
+    self.on_failure = on_failure
     self.peers = dict(peers)
     self.startup_only = set(startup_only)
     self.timeout_s = timeout_s
@@ -278,10 +280,13 @@ class PeerWatchdog(threading.Thread):
         elif now - last_seen[name] > self.timeout_s:
           if self._stop_event.is_set():
             return
-          self.stream.write('error: cluster member %s at %s is unreachable: no answer for %g s '
-                            '(--cluster_timeout_s); check that it runs and that the address is '
-                            'right\n' % (name, address, self.timeout_s))
+          message = ('cluster member %s at %s is unreachable: no answer for %g s '
+                     '(--cluster_timeout_s); check that it runs and that the address is right' %
+                     (name, address, self.timeout_s))
+          self.stream.write('error: %s\n' % message)
           self.stream.flush()
+          if self.on_failure:
+            self.on_failure(message)
           self.exit_fn(self.exit_code)
           return
       self._stop_event.wait(self.poll_s)
