@@ -375,9 +375,14 @@ def test_run_resnet_script_end_to_end_on_tiny_data(tmp_path, learnable_idx_dir):
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   rows = [[cell.strip() for cell in line.split('|')[1:-1]]
           for line in result.stdout.splitlines() if line.startswith('| runs/resnet/')]
-  assert [row[0] for row in rows] == ['runs/resnet/resnet18_1ep', 'runs/resnet/resnet18_2ep']
-  assert [row[3] for row in rows] == ['1', '2']  # epochs
-  assert [row[-1] for row in rows] == ['ok', 'ok']
+  assert [row[0] for row in rows] == ['runs/resnet/resnet18_1ep', 'runs/resnet/resnet18_2ep',
+                                       'runs/resnet/resnet18_fast']
+  assert [row[3] for row in rows] == ['1', '2', '8']  # epochs
+  assert [row[-1] for row in rows] == ['ok', 'ok', 'ok']
+  # The fast run has the time-to-accuracy flags; the script's extra flags still come last.
+  with open(os.path.join(runs, 'resnet', 'resnet18_fast', 'flags.json')) as f:
+    fast = json.load(f)
+  assert (fast['dtype'], fast['train_epochs'], fast['num_filters']) == ('bf16', 8, 4)
   assert '| seed report | ResNet | report settings | 1 | 0.8677 |' in result.stdout
   assert os.path.exists(os.path.join(runs, 'report', 'report.md'))
   assert 'step ' not in result.stdout or 'examples/s' in result.stdout
