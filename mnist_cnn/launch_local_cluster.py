@@ -10,11 +10,13 @@ prefixes ("[chief] ", "[worker0] ", "[ps0] ", "[evaluator] "). With ps tasks the
 once the chief's session is ready (TensorFlow makes an early worker sleep 30 s).
 
 When the chief ends, the workers and the evaluator get --grace_s seconds to finish their last
-step or evaluation, then every member is stopped; a chief that fails or is killed, or Ctrl-C,
-stops them all at once. The exit status is the chief's (128 + signal for a killed one, 130
+step or evaluation, then every member is stopped; a chief that fails or is killed, or Ctrl-C
+or `kill` of the launcher, stops them all at once, and on Linux no member outlives a launcher
+killed outright. The exit status is the chief's (128 + signal for a killed one, 130
 after Ctrl-C); rerunning the same command resumes from the last checkpoint.
 """
 
+import ctypes
 import os
 import signal
 import socket
@@ -30,6 +32,7 @@ from official.utils.logs import run_record
 
 MAIN_MODULE = 'mnist_cnn.resnet_main'
 EXIT_INTERRUPTED = 130
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 def define_launcher_flags(flag_values=flags.FLAGS):
@@ -87,6 +90,22 @@ def member_commands(main_flags, workers, ps, evaluator=False, host='127.0.0.1', 
   return members
 
 
+def _own_session_dying_with_parent():
+  """Runs in each member before exec: its own session, so a terminal's Ctrl-C reaches only the
+  launcher, which stops the members in order; and on Linux a SIGTERM when the launcher dies,
+  even by SIGKILL, so no member outlives it."""
+  os.setsid()
+  try:
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+  except (OSError, AttributeError):
+    pass  # not Linux: members are still stopped on every exit the launcher can handle
+
+
+def _raise_interrupt(signum, frame):
+  del signum, frame
+  raise KeyboardInterrupt
+
+
 class Member:
   """One running member and the thread that copies its output with its role prefix."""
 
@@ -94,7 +113,7 @@ class Member:
     self.role = role
     self.ready = threading.Event()  # set when it prints run_record.SESSION_READY
     self.process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    env=env, start_new_session=True)
+                                    env=env, preexec_fn=_own_session_dying_with_parent)
     self._thread = threading.Thread(target=self._copy, args=(out, lock), daemon=True)
     self._thread.start()
 
@@ -199,6 +218,7 @@ def main(argv):
              '--task_index itself; leave them out of the flags after --')
   members = member_commands(main_flags, flags_obj.workers, flags_obj.ps, flags_obj.evaluator,
                             flags_obj.host)
+  signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops the members as Ctrl-C does
   sys.exit(run_cluster(members, flags_obj.grace_s))
 
 

@@ -360,3 +360,22 @@ def test_the_scaling_benchmark_takes_the_steady_rate_of_the_chief():
       'epoch ends in 1m00s'])
   assert cluster_scaling.steady_rate(output) == 40.0
   assert cluster_scaling.steady_rate(output.splitlines()[0]) is None
+
+
+@pytest.mark.parametrize('sig, code', [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)])
+def test_no_member_outlives_the_launcher(tmp_path, sig, code):
+  # Ctrl-C stops every member in order; even a killed launcher takes them along (Linux).
+  run = _launcher(tmp_path / 'model', '--workers=2', '--ps=1',
+                  main_flags=['--max_train_steps=100000'])
+  try:
+    started = run.wait_for(lambda l: l.startswith('[launcher] started'))
+    run.wait_for(lambda l: STEP_LINE.match(l) and l.startswith('[chief]'))
+    os.kill(run.process.pid, sig)
+    assert run.finish(60) == code
+  finally:
+    run.kill()
+  pids = [int(pid) for pid in re.findall(r'\(pid (\d+)\)', started)]
+  deadline = time.monotonic() + 30
+  while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    time.sleep(0.2)
+  assert len(pids) == 3 and not any(_alive(pid) for pid in pids)
