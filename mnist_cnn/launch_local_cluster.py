@@ -101,11 +101,6 @@ def _own_session_dying_with_parent():
     pass  # not Linux: members are still stopped on every exit the launcher can handle
 
 
-def _raise_interrupt(signum, frame):
-  del signum, frame
-  raise KeyboardInterrupt
-
-
 class Member:
   """One running member and the thread that copies its output with its role prefix."""
 
@@ -143,8 +138,14 @@ class Member:
     self._thread.join(5)
 
 
-def run_cluster(members, grace_s=30.0, out=sys.stdout, poll_s=0.2):
-  """Starts members, waits for the chief, stops the rest; returns the chief's exit status."""
+def run_cluster(members, grace_s=30.0, out=sys.stdout, poll_s=0.2, stop_requested=None):
+  """Starts members, waits for the chief, stops the rest; returns the chief's exit status.
+
+  stop_requested: a threading.Event the launcher's signal handlers set (checked every poll_s,
+  so a signal never interrupts the bookkeeping half-way); then every member is stopped and
+  EXIT_INTERRUPTED returned.
+  """
+  stop_requested = stop_requested or threading.Event()
   env = dict(os.environ)
   env.pop('TF_CONFIG', None)  # the host flags describe the cluster
   lock = threading.Lock()
@@ -167,10 +168,11 @@ def run_cluster(members, grace_s=30.0, out=sys.stdout, poll_s=0.2):
     chief = running[0]
     if later:
       while not chief.ready.wait(poll_s):
-        if chief.process.poll() is not None:
+        if chief.process.poll() is not None or stop_requested.is_set():
           break
-      for role, argv in later:
-        running.append(Member(role, argv, out, lock, env))
+      if not stop_requested.is_set():
+        for role, argv in later:
+          running.append(Member(role, argv, out, lock, env))
     say('started %s' % ', '.join('%s (pid %d)' % (m.role, m.process.pid) for m in running))
     reported = set()
 
@@ -181,25 +183,27 @@ def run_cluster(members, grace_s=30.0, out=sys.stdout, poll_s=0.2):
           reported.add(member.role)
           say('%s exited with status %d' % (member.role, code))
 
-    while chief.process.poll() is None:
+    while chief.process.poll() is None and not stop_requested.is_set():
       report_ended()
-      time.sleep(poll_s)
+      stop_requested.wait(poll_s)
+    if stop_requested.is_set():
+      say('interrupted: stopping every member')
+      return EXIT_INTERRUPTED
     code = chief.process.returncode
     say('chief exited with status %d' % code)
     if code == 0:
       deadline = time.monotonic() + grace_s
-      for member in running[1:]:
-        if member.role.startswith('worker') or member.role == 'evaluator':
-          try:
-            member.process.wait(max(0.0, deadline - time.monotonic()))
-          except subprocess.TimeoutExpired:
-            pass
+      finishing = [member for member in running[1:]
+                   if member.role.startswith('worker') or member.role == 'evaluator']
+      while (any(member.process.poll() is None for member in finishing) and
+             time.monotonic() < deadline and not stop_requested.is_set()):
+        stop_requested.wait(poll_s)
     report_ended()
     left = [member.role for member in running if member.process.poll() is None]
     if left:
       say('stopping %s' % ', '.join(left))
     return code if code >= 0 else 128 - code  # killed by a signal: as a shell reports it
-  except KeyboardInterrupt:
+  except KeyboardInterrupt:  # a caller without the signal handlers of main()
     say('interrupted: stopping every member')
     return EXIT_INTERRUPTED
   finally:
@@ -218,8 +222,10 @@ def main(argv):
              '--task_index itself; leave them out of the flags after --')
   members = member_commands(main_flags, flags_obj.workers, flags_obj.ps, flags_obj.evaluator,
                             flags_obj.host)
-  signal.signal(signal.SIGTERM, _raise_interrupt)  # `kill` stops the members as Ctrl-C does
-  sys.exit(run_cluster(members, flags_obj.grace_s))
+  stop_requested = threading.Event()
+  for sig in (signal.SIGINT, signal.SIGTERM):  # `kill` stops the members as Ctrl-C does
+    signal.signal(sig, lambda signum, frame: stop_requested.set())
+  sys.exit(run_cluster(members, flags_obj.grace_s, stop_requested=stop_requested))
 
 
 if __name__ == '__main__':

@@ -371,7 +371,7 @@ def test_no_member_outlives_the_launcher(tmp_path, sig, code):
     started = run.wait_for(lambda l: l.startswith('[launcher] started'))
     run.wait_for(lambda l: STEP_LINE.match(l) and l.startswith('[chief]'))
     os.kill(run.process.pid, sig)
-    assert run.finish(60) == code
+    assert run.finish(60) == code, run.text[-4000:]
   finally:
     run.kill()
   pids = [int(pid) for pid in re.findall(r'\(pid (\d+)\)', started)]
