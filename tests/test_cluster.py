@@ -94,6 +94,28 @@ def _checkpoint_step(model_dir):
   return int(reader.get_tensor('global_step'))
 
 
+def _member_pids(started_line):
+  """{role: pid} from the launcher's '[launcher] started chief (pid N), ...' line."""
+  return {role: int(pid) for role, pid in re.findall(r'(\w+) \(pid (\d+)\)', started_line)}
+
+
+def _launch_until_checkpointed(model_dir, args, main_flags):
+  """Starts a launcher and waits until the chief trains with a checkpoint past step 0.
+
+  Returns (Process, {role: pid}); the caller kills the process when done.
+  """
+  run = _launcher(model_dir, *args, main_flags=main_flags)
+  try:
+    pids = _member_pids(run.wait_for(lambda l: l.startswith('[launcher] started')))
+    run.wait_for(lambda l: (STEP_LINE.match(l) and l.startswith('[chief]') and
+                            tf.train.latest_checkpoint(str(model_dir)) and
+                            _checkpoint_step(model_dir) > 0))
+  except BaseException:
+    run.kill()
+    raise
+  return run, pids
+
+
 def _alive(pid):
   try:
     os.kill(pid, 0)
@@ -216,20 +238,14 @@ def test_rerunning_after_the_chief_dies_resumes_from_its_checkpoint(tmp_path):
   model_dir = tmp_path / 'model'
   args = ('--workers=2', '--ps=1', '--grace_s=5')
   main_flags = ['--max_train_steps=1500', '--save_checkpoints_secs=1']
-  run = _launcher(model_dir, *args, main_flags=main_flags)
+  run, pids = _launch_until_checkpointed(model_dir, args, main_flags)
   try:
-    started = run.wait_for(lambda l: l.startswith('[launcher] started'))
-    chief_pid = int(re.search(r'chief \(pid (\d+)\)', started).group(1))
-    run.wait_for(lambda l: (STEP_LINE.match(l) and l.startswith('[chief]') and
-                            tf.train.latest_checkpoint(str(model_dir)) and
-                            _checkpoint_step(model_dir) > 0))
-    os.kill(chief_pid, signal.SIGKILL)
+    os.kill(pids['chief'], signal.SIGKILL)
     assert run.finish(60) == 128 + signal.SIGKILL
   finally:
     run.kill()
   # Every member went with the chief.
-  pids = [int(pid) for pid in re.findall(r'\(pid (\d+)\)', started)]
-  assert len(pids) == 3 and not any(_alive(pid) for pid in pids)
+  assert len(pids) == 3 and not any(_alive(pid) for pid in pids.values())
   saved = _checkpoint_step(model_dir)
   assert 0 < saved < 1500
   rerun = _launcher(model_dir, *args, main_flags=main_flags)
@@ -311,14 +327,9 @@ def test_under_multi_worker_mirrored_a_lost_worker_stops_the_chief_and_a_rerun_r
   model_dir = tmp_path / 'model'
   args = ('--workers=2', '--grace_s=5')
   main_flags = ['--max_train_steps=1500', '--save_checkpoints_secs=1', '--cluster_timeout_s=5']
-  run = _launcher(model_dir, *args, main_flags=main_flags)
+  run, pids = _launch_until_checkpointed(model_dir, args, main_flags)
   try:
-    started = run.wait_for(lambda l: l.startswith('[launcher] started'))
-    worker_pid = int(re.search(r'worker0 \(pid (\d+)\)', started).group(1))
-    run.wait_for(lambda l: (STEP_LINE.match(l) and l.startswith('[chief]') and
-                            tf.train.latest_checkpoint(str(model_dir)) and
-                            _checkpoint_step(model_dir) > 0))
-    os.kill(worker_pid, signal.SIGKILL)
+    os.kill(pids['worker0'], signal.SIGKILL)
     assert run.finish(120) == 1
   finally:
     run.kill()
@@ -374,7 +385,7 @@ def test_no_member_outlives_the_launcher(tmp_path, sig, code):
     assert run.finish(60) == code, run.text[-4000:]
   finally:
     run.kill()
-  pids = [int(pid) for pid in re.findall(r'\(pid (\d+)\)', started)]
+  pids = _member_pids(started).values()
   deadline = time.monotonic() + 30
   while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
     time.sleep(0.2)

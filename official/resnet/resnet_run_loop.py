@@ -456,8 +456,7 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
     max_steps = cycle_end * steps_per_epoch
     if flags_obj.max_train_steps:
       max_steps = min(max_steps, flags_obj.max_train_steps)
-    done = classifier.get_variable_value('global_step') if tf.train.latest_checkpoint(
-        model_dir) else 0
+    done = _checkpoint_step(model_dir)
     if done < max_steps:
       started = time.monotonic()
       print('Training epochs %d-%d of %d (steps %d to %d)' % (
@@ -498,12 +497,7 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
     run_record.append_metrics(model_dir, dict(results, event='eval_only'))
     print('Test accuracy %.4f' % results['accuracy'])
 
-  if flags_obj.export_dir:
-    receiver_fn = lambda: serving_input_fn(
-        shape, image_bytes_default=flags_obj.image_bytes_as_serving_input)
-    results['export_path'] = _export(classifier, flags_obj.export_dir, receiver_fn)
-    print('Exported SavedModel to %s' % results['export_path'])
-  return results
+  return _export_if_asked(classifier, flags_obj, shape, results)
 
 
 def _check_cluster_flags(flags_obj):
@@ -596,12 +590,7 @@ def _train_in_cluster(flags_obj, classifier, cluster, input_fn_train, input_fn_e
   print('Cluster trained to step %d: test accuracy %.4f, %.1f examples/s over %d worker(s)' % (
       results['global_step'], results['accuracy'], record['examples_per_second'],
       record['workers']))
-  if flags_obj.export_dir:
-    receiver_fn = lambda: serving_input_fn(
-        shape, image_bytes_default=flags_obj.image_bytes_as_serving_input)
-    results['export_path'] = _export(local, flags_obj.export_dir, receiver_fn)
-    print('Exported SavedModel to %s' % results['export_path'])
-  return results
+  return _export_if_asked(local, flags_obj, shape, results)
 
 
 class _StopAtStepHook(tf.compat.v1.train.SessionRunHook):
@@ -639,6 +628,16 @@ def _local_estimator(model_function, model_dir, params, seed):
   finally:
     if tf_config is not None:
       os.environ['TF_CONFIG'] = tf_config
+
+
+def _export_if_asked(classifier, flags_obj, shape, results):
+  """Exports with --export_dir (if given) and adds 'export_path' to results, which it returns."""
+  if flags_obj.export_dir:
+    receiver_fn = lambda: serving_input_fn(
+        shape, image_bytes_default=flags_obj.image_bytes_as_serving_input)
+    results['export_path'] = _export(classifier, flags_obj.export_dir, receiver_fn)
+    print('Exported SavedModel to %s' % results['export_path'])
+  return results
 
 
 def _export(classifier, export_dir, receiver_fn):

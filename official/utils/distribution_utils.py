@@ -112,12 +112,16 @@ def cluster_config(environ, worker_hosts=None, ps_hosts=None, task_type='worker'
   return from_flags or from_environ
 
 
-def check_strategy_for_cluster(name, config):
-  """The strategy and the cluster must fit: cluster strategies need one and local ones refuse
-  one (rather than failing later inside the Estimator)."""
+def _check_known_strategy(name):
   if name not in STRATEGIES:
     raise DistributionError('unknown --distribution_strategy %r; choose one of %s' % (
         name, ', '.join(STRATEGIES)))
+
+
+def check_strategy_for_cluster(name, config):
+  """The strategy and the cluster must fit: cluster strategies need one and local ones refuse
+  one (rather than failing later inside the Estimator)."""
+  _check_known_strategy(name)
   cluster = config.get('cluster', {})
   if name in CLUSTER_STRATEGIES and not config:
     raise DistributionError('--distribution_strategy=%s needs a cluster: set TF_CONFIG or '
@@ -198,9 +202,7 @@ def get_distribution_strategy(name, num_gpus=0):
   The cluster strategies are the TF1 (between-graph) classes the Estimator drives through its
   distribute coordinator; they read the cluster from TF_CONFIG when training starts.
   """
-  if name not in STRATEGIES:
-    raise DistributionError('unknown --distribution_strategy %r; choose one of %s' % (
-        name, ', '.join(STRATEGIES)))
+  _check_known_strategy(name)
   if name == 'off':
     return None
   if name == 'parameter_server':
