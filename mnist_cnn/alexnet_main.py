@@ -24,12 +24,14 @@ from mnist_cnn import input_data
 from official.utils import export
 from official.utils import interrupt
 from official.utils import precision
+from official.utils import run_dir
 from official.utils.flags import core as flags_core
 from official.utils.logs import hooks_helper
 from official.utils.logs import run_record
 
 MODEL_NAME = 'alexnet'
 CHECKPOINT_PREFIX = 'model.ckpt'
+MAX_CHECKPOINTS = 3
 
 
 def define_alexnet_flags(flag_values=flags.FLAGS):
@@ -128,6 +130,12 @@ def export_model(checkpoint_path, export_dir, image_shape, num_classes):
             sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
             signature_def_map=signatures, strip_default_attrs=True)
         builder.save()
+    # `images` has no fixed rank (flat or image-shaped rows); say which rows it takes.
+    flat = int(np.prod(image_shape))
+    export.write_serving_info(path, {
+        'compute_dtype': 'fp32',
+        'instance_shapes': {export.DEFAULT_SIGNATURE: {
+            export.IMAGES_INPUT: [[flat], list(image_shape)]}}})
   return export.export_atomically(export_dir, write)
 
 
@@ -150,8 +158,8 @@ def run_alexnet(flags_obj):
   dtype = precision.settle_dtype(flags_obj.dtype, flags_obj.bf16_fallback)
   if flags_obj.clean and os.path.isdir(model_dir):
     shutil.rmtree(model_dir)
+  checkpoint = run_dir.prepare(model_dir, flags_obj.export_dir, MAX_CHECKPOINTS)
   data = _load_data(flags_obj)
-  os.makedirs(model_dir, exist_ok=True)
   run_record.write_flags(model_dir, flags_core.flags_dict(flags_obj), extra={
       'model': MODEL_NAME, 'image_shape': list(data.image_shape),
       'num_classes': data.num_classes, 'train_examples': data.train.num_examples,
@@ -168,7 +176,7 @@ def run_alexnet(flags_obj):
         optimizer=flags_obj.optimizer, init=flags_obj.init, seed=flags_obj.seed,
         learning_rate_decay_steps=decay_steps, learning_rate_decay_rate=flags_obj.lr_decay_rate)
     num_parameters = run_record.count_parameters(tf.compat.v1.trainable_variables())
-    saver = tf.compat.v1.train.Saver(max_to_keep=3, save_relative_paths=True)
+    saver = tf.compat.v1.train.Saver(max_to_keep=MAX_CHECKPOINTS, save_relative_paths=True)
     hooks = hooks_helper.get_train_hooks(flags_obj.hooks, model_dir, batch_size)
     runner = hooks_helper.HookedSessionRunner(hooks)
     config = tf.compat.v1.ConfigProto(
@@ -180,14 +188,19 @@ def run_alexnet(flags_obj):
     tf.compat.v1.get_default_graph().finalize()
 
     with tf.compat.v1.Session(config=config) as sess:
-      checkpoint = tf.train.latest_checkpoint(model_dir)
       if checkpoint:
         saver.restore(sess, checkpoint)
+        # A new Saver knows none of the checkpoints before it; told of them, it keeps
+        # rotating them to max_to_keep.
+        saver.recover_last_checkpoints(
+            tf.train.get_checkpoint_state(model_dir).all_model_checkpoint_paths)
         print('Resuming from %s' % checkpoint)
       else:
         sess.run(init_op)
       runner.attach(sess)
       step, start_epoch = sess.run([graph.global_step, graph.epoch])
+      if run_record.settle_pending(model_dir, int(step) if checkpoint else None):
+        print('Recorded epoch %d, whose checkpoint an interrupted run saved' % start_epoch)
       record = {}
       try:
         with interrupt.StopOnInterrupt() as stop:
@@ -212,7 +225,6 @@ def run_alexnet(flags_obj):
             epoch_done = len(losses) == steps_per_epoch
             if epoch_done:
               sess.run(graph.increment_epoch)
-            saver.save(sess, os.path.join(model_dir, CHECKPOINT_PREFIX), global_step=step)
             record = {
                 'epoch': epoch + 1, 'global_step': int(step), 'epoch_complete': epoch_done,
                 'train_loss_sum': float(np.sum(losses)),
@@ -220,14 +232,15 @@ def run_alexnet(flags_obj):
                 'seconds': seconds, 'examples_per_second': len(losses) * batch_size / seconds,
                 'num_parameters': num_parameters}
             last_epoch = epoch + 1 == flags_obj.train_epochs or not epoch_done
-            if stop.requested:
-              run_record.append_metrics(model_dir, record)
-              raise KeyboardInterrupt  # saved above; recorded and reported below
-            if (epoch + 1) % flags_obj.epochs_between_evals == 0 or last_epoch:
+            if not stop.requested and (
+                (epoch + 1) % flags_obj.epochs_between_evals == 0 or last_epoch):
               accuracy, correct = evaluate(sess, graph, data.test, flags_obj.eval_batch_size)
               record.update(accuracy=accuracy, correct=correct,
                             test_examples=data.test.num_examples)
-            run_record.append_metrics(model_dir, record)
+            run_record.commit_epoch(model_dir, record, lambda: saver.save(
+                sess, os.path.join(model_dir, CHECKPOINT_PREFIX), global_step=step))
+            if stop.requested:
+              raise KeyboardInterrupt  # saved and recorded above; reported below
             _print_epoch(epoch, record, flags_obj.report_words)
             if (flags_obj.stop_threshold and record.get('accuracy', 0) >=
                 flags_obj.stop_threshold):

@@ -8,6 +8,7 @@ import tensorflow as tf
 from mnist_cnn import input_data
 from official.utils import distribution_utils
 from official.utils import precision
+from official.utils import run_dir
 from official.utils.logs import run_record
 
 
@@ -44,7 +45,7 @@ def run_main(run_fn, flags_obj):
   model_dir = getattr(flags_obj, 'model_dir', None) if _is_chief(flags_obj) else None
   try:
     result = run_fn(flags_obj)
-  except input_data.DATA_ERRORS + (precision.PrecisionError,
+  except input_data.DATA_ERRORS + (precision.PrecisionError, run_dir.RunDirError,
                                    distribution_utils.DistributionError) as e:
     _record_event(model_dir, 'failed', error=str(e))
     sys.exit('error: %s' % e)

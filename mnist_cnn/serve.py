@@ -18,6 +18,7 @@ flight.
 """
 
 import asyncio
+import collections
 import concurrent.futures
 import gc
 import os
@@ -29,10 +30,13 @@ import time
 from absl import app
 from absl import flags
 from aiohttp import web
+from aiohttp import web_protocol
+from aiohttp import web_server
 import orjson
 import tensorflow as tf
 
 from mnist_cnn import serving
+from official.utils import export
 
 # /v1/models/{name}[/versions/{version}][:verb | /metadata]
 _MODEL_PATH = re.compile(r'^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?'
@@ -56,7 +60,22 @@ def define_serve_flags(flag_values=flags.FLAGS):
   flags.DEFINE_integer('max_request_bytes', 16 * 1024 * 1024,
                        'Largest request body accepted; larger ones get 413.', **fv)
   flags.DEFINE_float('request_timeout_s', 30.0,
-                     'Longest a request may take (reading the body and predicting).', **fv)
+                     'Longest a request may take (reading the body and predicting): a body '
+                     'still arriving then gets 408 and its connection is closed, a prediction '
+                     '504.', **fv)
+  flags.DEFINE_integer('max_images_per_request', serving.DEFAULT_LIMITS.max_images_per_request,
+                       'Most instances (rows) one request may hold; more get 400. TF Serving '
+                       'refuses requests over its batching max_batch_size (1000 by default).',
+                       **fv)
+  flags.DEFINE_integer('max_image_pixels', serving.DEFAULT_LIMITS.max_image_pixels,
+                       'Most pixels an encoded image may declare (all frames of a GIF), read '
+                       'from its header before decoding; larger ones get 400.', **fv)
+  flags.DEFINE_float('header_timeout_s', 10.0,
+                     'A connection whose request line and headers have not all arrived this '
+                     'long after it opened (or after its last response) is closed.', **fv)
+  flags.DEFINE_integer('max_connections', 1024,
+                       'Most connections open at once; further ones are closed at once. Capped '
+                       'below the process\'s file-descriptor limit.', **fv)
   flags.DEFINE_float('file_system_poll_wait_seconds', 1.0,
                      'How often to look for a new version under --model_base_path.', **fv)
   flags.DEFINE_integer('intra_op_parallelism_threads', 0, 'TF intra-op threads (0: TF picks).',
@@ -66,12 +85,13 @@ def define_serve_flags(flag_values=flags.FLAGS):
   flags.mark_flag_as_required('model_base_path', **fv)
   flags.register_validator('port', lambda v: 0 <= v < 65536, message='--port must be 0-65535',
                            **fv)
-  for name in ('max_batch_size', 'num_batch_threads', 'max_request_bytes'):
+  for name in ('max_batch_size', 'num_batch_threads', 'max_request_bytes',
+               'max_images_per_request', 'max_image_pixels', 'max_connections'):
     flags.register_validator(name, lambda v: v >= 1, message='--%s must be at least 1' % name,
                              **fv)
   for name in ('batch_timeout_micros',):
     flags.register_validator(name, lambda v: v >= 0, message='--%s must be >= 0' % name, **fv)
-  for name in ('request_timeout_s', 'file_system_poll_wait_seconds'):
+  for name in ('request_timeout_s', 'file_system_poll_wait_seconds', 'header_timeout_s'):
     flags.register_validator(name, lambda v: v > 0, message='--%s must be > 0' % name, **fv)
 
 
@@ -80,7 +100,16 @@ def _log(message):
 
 
 class ModelManager(object):
-  """Keeps the highest version under base_path loaded; retires replaced versions once drained."""
+  """Keeps the highest loadable version under base_path loaded; retires replaced versions once
+  drained.
+
+  A version that fails to load (copied in without a rename, say, saved_model.pb before its
+  variables) is retried after RETRY_FIRST_S, doubling up to RETRY_MAX_S. A version deleted from
+  disk is unloaded, and the highest remaining one served instead.
+  """
+
+  RETRY_FIRST_S = 1.0
+  RETRY_MAX_S = 60.0
 
   def __init__(self, name, base_path, executor, session_config=None):
     self.name = name
@@ -88,15 +117,21 @@ class ModelManager(object):
     self.current = None
     self._executor = executor
     self._session_config = session_config
-    self._failed = {}  # version -> (saved_model.pb mtime, error) of loads that failed
+    self._failed = {}  # version -> (attempts, monotonic time of the next try)
 
-  def _saved_model_mtime(self, version):
-    path = os.path.join(self.base_path, str(version))
-    return max((os.path.getmtime(os.path.join(path, f)) for f in serving.SAVED_MODEL_FILES
-                if os.path.exists(os.path.join(path, f))), default=0)
+  def _due(self, version):
+    attempts, next_try = self._failed.get(version, (0, 0.0))
+    return time.monotonic() >= next_try
+
+  def _record_failure(self, version, path, error):
+    attempts = self._failed.get(version, (0, 0.0))[0] + 1
+    wait = min(self.RETRY_MAX_S, self.RETRY_FIRST_S * 2 ** (attempts - 1))
+    self._failed[version] = (attempts, time.monotonic() + wait)
+    _log('cannot load version %d from %s (attempt %d; retrying in %.0f s): %s' % (
+        version, path, attempts, wait, str(error).split('\n')[0]))
 
   async def poll(self):
-    """Loads the newest version if it is not the one served; returns True on a switch."""
+    """Serves the highest version that loads; returns True when the served version changed."""
     loop = asyncio.get_running_loop()
     try:
       versions = await loop.run_in_executor(self._executor, serving.find_versions,
@@ -104,45 +139,57 @@ class ModelManager(object):
     except OSError as e:
       _log('cannot list %s: %s' % (self.base_path, e))
       return False
-    if not versions:
-      return False
-    newest = versions[-1]
-    if self.current is not None and self.current.version >= newest:
-      return False
-    mtime = self._saved_model_mtime(newest)
-    if self._failed.get(newest, (None,))[0] == mtime:
-      return False  # already failed in this state; retried when its files change
-    path = os.path.join(self.base_path, str(newest))
-    try:
-      loaded = await loop.run_in_executor(
-          self._executor, serving.LoadedVersion, newest, path, self._session_config)
-    except Exception as e:  # pylint: disable=broad-except
-      self._failed[newest] = (mtime, str(e).split('\n')[0])
-      _log('cannot load version %d from %s: %s' % (newest, path, self._failed[newest][1]))
-      return False
+    self._failed = {v: f for v, f in self._failed.items() if v in versions}
+    present = self.current is not None and self.current.version in versions
+    floor = self.current.version if present else -1
+    for version in reversed(versions):
+      if version <= floor:
+        break
+      if not self._due(version):
+        continue
+      path = os.path.join(self.base_path, str(version))
+      try:
+        loaded = await loop.run_in_executor(
+            self._executor, serving.LoadedVersion, version, path, self._session_config)
+      except Exception as e:  # pylint: disable=broad-except
+        self._record_failure(version, path, e)
+        continue
+      self._failed.pop(version, None)
+      self._switch(loaded, 'serving %s version %d (%s), signatures: %s' % (
+          self.name, version, path, ', '.join(sorted(loaded.signatures))))
+      return True
+    if self.current is not None and not present:
+      self._switch(None, 'version %d was removed from %s and no other version loads: '
+                   'serving nothing until one does' % (self.current.version, self.base_path))
+      return True
+    return False
+
+  def _switch(self, loaded, message):
     old, self.current = self.current, loaded
-    # A loaded graph is hundreds of thousands of long-lived Python objects; the JSON of every
-    # request allocates enough to trigger collections that would walk them all again. Freezing
-    # moves what exists now out of the collector's way (measured: JSON parsing 1.2 -> 0.1 ms).
-    gc.freeze()
-    _log('serving %s version %d (%s), signatures: %s' % (
-        self.name, newest, path, ', '.join(sorted(loaded.signatures))))
+    if loaded is not None:
+      # A loaded graph is hundreds of thousands of long-lived Python objects; the JSON of every
+      # request allocates enough to trigger collections that would walk them all again.
+      # Freezing moves what exists now out of the collector's way (measured: JSON parsing 1.2
+      # -> 0.1 ms).
+      gc.freeze()
+    _log(message)
     if old is not None:
-      loop.run_in_executor(self._executor, old.close_when_drained, 60.0)
+      asyncio.get_running_loop().run_in_executor(self._executor, old.close_when_drained, 60.0)
       _log('retiring version %d once its requests finish' % old.version)
-    return True
 
   def resolve(self, name, version):
     """The loaded version a request names, or a 404 as TF Serving words it."""
     spec = 'Latest(%s)' % name if version is None else 'Specific(%s, %s)' % (name, version)
-    if name != self.name or self.current is None:
+    if version is not None and export.version_number(version) is None:
+      shown = version if len(version) <= 30 else version[:27] + '...'
+      raise serving.bad_request('version %r is not a version number (digits 0-9, at most '
+                                '2^63-1)' % shown)
+    current = self.current
+    if name != self.name or current is None:
       raise serving.not_found('Servable not found for request: %s' % spec)
-    if version is not None:
-      if not version.isdigit():
-        raise serving.bad_request('version must be an integer; got %r' % version)
-      if int(version) != self.current.version:
-        raise serving.not_found('Servable not found for request: %s' % spec)
-    return self.current
+    if version is not None and int(version) != current.version:
+      raise serving.not_found('Servable not found for request: %s' % spec)
+    return current
 
   def close(self):
     if self.current is not None:
@@ -159,22 +206,37 @@ def _error(status, message):
   return _json(status, {'error': message})
 
 
+def _load_json(raw):
+  try:
+    return orjson.loads(raw)
+  except (ValueError, UnicodeDecodeError) as e:
+    raise serving.bad_request('JSON Parse error: %s' % e) from None
+
+
 class RestApi(object):
   """The aiohttp handlers."""
 
-  def __init__(self, manager, batcher, request_timeout_s):
+  # Bodies larger than this are parsed in a thread, so one large request cannot hold the event
+  # loop (and every other client) for the tenths of a second its JSON takes.
+  INLINE_PARSE_BYTES = 64 * 1024
+
+  def __init__(self, manager, batcher, request_timeout_s, limits=serving.DEFAULT_LIMITS,
+               parse_executor=None):
     self.manager = manager
     self.batcher = batcher
     self.request_timeout_s = request_timeout_s
+    self.limits = limits
+    self.parse_executor = parse_executor
     self.requests = 0
 
   async def handle(self, request):
     self.requests += 1
     match = _MODEL_PATH.match(request.path)
     if not match:
-      return _error(404, 'Malformed request: %s %s' % (request.method, request.path))
+      return _error(404, 'Malformed request: %s %s' % (request.method, request.path[:200]))
     name, version = match.group('name'), match.group('version')
     verb, metadata = match.group('verb'), match.group('metadata')
+    state = {'reading': False}
     try:
       if verb is None:
         if request.method != 'GET':
@@ -191,25 +253,36 @@ class RestApi(object):
                                                                     request.path))
       if verb not in ('predict', 'classify', 'regress'):
         return _error(404, 'Malformed request: %s %s' % (request.method, request.path))
-      return await asyncio.wait_for(self._infer(request, name, version, verb),
+      return await asyncio.wait_for(self._infer(request, name, version, verb, state),
                                     self.request_timeout_s)
     except serving.ServingError as e:
       return _error(e.status, e.message)
     except asyncio.TimeoutError:
+      if state['reading']:
+        response = _error(408, 'The request body did not arrive within %.1f s' %
+                          self.request_timeout_s)
+        response.force_close()
+        return response
       return _error(504, 'Request timed out after %.1f s' % self.request_timeout_s)
     except web.HTTPRequestEntityTooLarge as e:
       return _error(413, 'Request body is larger than the limit of %d bytes' % (
           e.max_size if hasattr(e, 'max_size') else request.client_max_size))
 
-  async def _infer(self, request, name, version, verb):
+  async def _parse(self, size, fn, *args):
+    if size <= self.INLINE_PARSE_BYTES or self.parse_executor is None:
+      return fn(*args)
+    return await asyncio.get_running_loop().run_in_executor(self.parse_executor, fn, *args)
+
+  async def _infer(self, request, name, version, verb, state):
     if request.content_length is not None and request.content_length > request.client_max_size:
       return _error(413, 'Request body of %d bytes is larger than the limit of %d bytes' % (
           request.content_length, request.client_max_size))
+    self.manager.resolve(name, version)  # the URL is checked before the body is read
+    state['reading'] = True
     raw = await request.read()
-    try:
-      body = orjson.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-      return _error(400, 'JSON Parse error: %s' % e)
+    state['reading'] = False
+    body = await self._parse(len(raw), _load_json, raw)
+    del raw
     if not isinstance(body, dict):
       return _error(400, 'the request body must be a JSON object')
     signature_name = body.get('signature_name', 'serving_default')
@@ -226,7 +299,9 @@ class RestApi(object):
       if signature.method_name != wanted:
         return _error(400, 'Expected %s signature method_name to be %s. Was: %s' % (
             verb, wanted, signature.method_name))
-      feeds, row_format, rows = serving.parse_request(body, signature)
+      feeds, row_format, rows = await self._parse(
+          request.content_length or 0, serving.parse_request, body, signature, self.limits)
+      del body
       outputs = await self.batcher.run(loaded, signature, feeds, rows)
       return _json(200, serving.format_response(outputs, row_format))
     finally:
@@ -241,8 +316,111 @@ async def _never_crash(request, handler):
   except web.HTTPException as e:
     return _error(e.status, e.reason)
   except Exception as e:  # pylint: disable=broad-except
-    _log('error in %s %s: %s: %s' % (request.method, request.path, type(e).__name__, e))
+    _log('error in %s %s: %s: %s' % (request.method, request.path[:200], type(e).__name__, e))
     return _error(500, 'Internal error: %s' % type(e).__name__)
+
+
+class RateLimitedLog(object):
+  """Logs a message at most once per interval_s for each key, then how many were held back.
+
+  With its file descriptors used up, a server's accept loop fails once a second per socket
+  for as long as that lasts; logging each failure grew the log by 142 MB a minute.
+  """
+
+  def __init__(self, interval_s=60.0, log=None):
+    self._interval_s = interval_s
+    self._log = log or _log
+    self._last = {}
+    self._held = collections.Counter()
+
+  def __call__(self, key, message):
+    now = time.monotonic()
+    if key in self._last and now - self._last[key] < self._interval_s:
+      self._held[key] += 1
+      return
+    held = self._held.pop(key, 0)
+    self._log(message + (' (and %d more like it in the last %.0f s)' % (held, self._interval_s)
+                         if held else ''))
+    self._last[key] = now
+
+
+class ConnectionGuard(object):
+  """What every connection must keep to: headers within header_timeout_s, at most
+  max_connections open. Counts what it closed, for the log and the tests."""
+
+  def __init__(self, header_timeout_s, max_connections, log):
+    self.header_timeout_s = header_timeout_s
+    self.max_connections = max_connections
+    self.log = log
+    self.open = 0
+    self.refused = 0
+    self.timed_out = 0
+
+
+class _GuardedRequestHandler(web_protocol.RequestHandler):
+  """aiohttp's connection handler with a header timeout, a connection cap and JSON errors.
+
+  aiohttp waits for a request's headers as long as the client likes (slowloris: 50 connections
+  that send a header line every few seconds were all still open after 30 s), and answers
+  malformed HTTP with text/plain.
+  """
+
+  def connection_made(self, transport):
+    super().connection_made(transport)
+    self._guard = self._manager.guard
+    self._guard.open += 1
+    self._header_timer = None
+    if self._guard.open > self._guard.max_connections:
+      self._guard.refused += 1
+      self._guard.log('refused', 'closed a connection over --max_connections=%d' %
+                      self._guard.max_connections)
+      self.force_close()
+      return
+    self._header_timer = self._loop.call_later(self._guard.header_timeout_s,
+                                               self._headers_overdue)
+
+  def _headers_overdue(self):
+    self._header_timer = None
+    if self._request_count == 0 and self.transport is not None:
+      self._guard.timed_out += 1
+      self._guard.log('header_timeout', 'closed a connection whose headers did not arrive '
+                      'within --header_timeout_s=%g' % self._guard.header_timeout_s)
+      self.force_close()
+
+  def data_received(self, data):
+    super().data_received(data)
+    if self._request_count and self._header_timer is not None:
+      self._header_timer.cancel()
+      self._header_timer = None
+
+  def connection_lost(self, exc):
+    if getattr(self, '_guard', None) is not None:
+      self._guard.open -= 1
+      if self._header_timer is not None:
+        self._header_timer.cancel()
+        self._header_timer = None
+    super().connection_lost(exc)
+
+  def handle_error(self, request, status=500, exc=None, message=None):
+    """Malformed HTTP (bad headers, over-long lines) gets a JSON error body too."""
+    if request.writer.output_size > 0:
+      raise ConnectionError('Response is sent already, cannot send another response')
+    if status >= 500:
+      self._guard.log('error %d' % status, 'error handling a request: %s' % (exc or message))
+      text = 'Internal error'
+    else:
+      text = 'Malformed HTTP request: %s' % (message or exc or 'bad request')
+    response = _error(status, text)
+    response.force_close()
+    return response
+
+
+class _GuardedServer(web_server.Server):
+
+  guard = None
+
+  def __call__(self):
+    return _GuardedRequestHandler(self, loop=self._loop, **self._kwargs)
 
 
 def make_app(api, max_request_bytes):
@@ -251,12 +429,36 @@ def make_app(api, max_request_bytes):
   return application
 
 
+def _raise_file_limit(max_connections):
+  """Raises the soft file-descriptor limit to the hard one; returns the connection cap that
+  leaves room under it for the model's files and the server's own sockets."""
+  try:
+    import resource  # pylint: disable=g-import-not-at-top
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard > soft:
+      resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+      soft = hard
+  except (ImportError, ValueError, OSError):
+    return max_connections
+  if soft == resource.RLIM_INFINITY:
+    return max_connections
+  return max(1, min(max_connections, soft - 128))
+
+
 async def serve(flags_obj, ready=None):
   """Runs the server until SIGTERM/SIGINT (or until `ready`'s stop event, for tests)."""
   if not os.path.isdir(flags_obj.model_base_path):
     raise ValueError('--model_base_path %s is not a directory' % flags_obj.model_base_path)
+  loop = asyncio.get_running_loop()
+  log = RateLimitedLog()
+  # asyncio reports failed accepts (no file descriptors left) through this, once a second.
+  loop.set_exception_handler(lambda _, context: log(
+      context.get('message'), '%s: %s' % (context.get('message'), context.get('exception', ''))))
+  max_connections = _raise_file_limit(flags_obj.max_connections)
   executor = concurrent.futures.ThreadPoolExecutor(
       max_workers=flags_obj.num_batch_threads + 2, thread_name_prefix='model')
+  parse_executor = concurrent.futures.ThreadPoolExecutor(max_workers=2,
+                                                         thread_name_prefix='parse')
   session_config = tf.compat.v1.ConfigProto(
       intra_op_parallelism_threads=flags_obj.intra_op_parallelism_threads,
       inter_op_parallelism_threads=flags_obj.inter_op_parallelism_threads)
@@ -267,17 +469,29 @@ async def serve(flags_obj, ready=None):
     _log('no loadable version under %s yet; waiting for one' % flags_obj.model_base_path)
   batcher = serving.Batcher(executor, flags_obj.max_batch_size,
                             flags_obj.batch_timeout_micros / 1e6, flags_obj.num_batch_threads)
-  api = RestApi(manager, batcher, flags_obj.request_timeout_s)
+  limits = serving.Limits(max_images_per_request=flags_obj.max_images_per_request,
+                          max_image_pixels=flags_obj.max_image_pixels)
+  api = RestApi(manager, batcher, flags_obj.request_timeout_s, limits, parse_executor)
+  # handler_cancellation: a request whose client has gone is cancelled, so it makes no more
+  # model calls; keepalive_timeout: an idle keep-alive connection must send its next request's
+  # headers within the header timeout too.
   runner = web.AppRunner(make_app(api, flags_obj.max_request_bytes), access_log=None,
-                         handle_signals=False)
+                         handle_signals=False, handler_cancellation=True,
+                         keepalive_timeout=flags_obj.header_timeout_s)
   await runner.setup()
+  runner.server.__class__ = _GuardedServer
+  guard = ConnectionGuard(flags_obj.header_timeout_s, max_connections, log)
+  runner.server.guard = guard
   site = web.TCPSite(runner, flags_obj.host, flags_obj.port, shutdown_timeout=10.0)
   await site.start()
   port = runner.addresses[0][1]
   _log('REST API at http://%s:%d/v1/models/%s' % (flags_obj.host, port, flags_obj.model_name))
+  _log('limits: %d images and %d bytes per request, %d pixels per image, headers within %g s, '
+       'requests within %g s, %d connections' % (
+           limits.max_images_per_request, flags_obj.max_request_bytes, limits.max_image_pixels,
+           flags_obj.header_timeout_s, flags_obj.request_timeout_s, max_connections))
 
   stop = asyncio.Event()
-  loop = asyncio.get_running_loop()
   for signum in (signal.SIGTERM, signal.SIGINT):
     try:
       loop.add_signal_handler(signum, stop.set)
@@ -289,7 +503,11 @@ async def serve(flags_obj, ready=None):
   async def poll_forever():
     while True:
       await asyncio.sleep(flags_obj.file_system_poll_wait_seconds)
-      await manager.poll()
+      try:
+        await manager.poll()
+      except Exception as e:  # pylint: disable=broad-except
+        log('poll', 'error while looking for versions under %s: %s: %s' % (
+            flags_obj.model_base_path, type(e).__name__, e))
 
   poller = asyncio.ensure_future(poll_forever())
   try:
@@ -301,8 +519,11 @@ async def serve(flags_obj, ready=None):
     await batcher.close()
     manager.close()
     executor.shutdown(wait=True)
-    _log('stopped after %d requests, %d model calls, %d requests answered in merged batches' % (
-        api.requests, batcher.calls, batcher.batched_requests))
+    parse_executor.shutdown(wait=True)
+    _log('stopped after %d requests, %d model calls, %d requests answered in merged batches; '
+         'closed %d connections for slow headers, %d over the cap' % (
+             api.requests, batcher.calls, batcher.batched_requests, guard.timed_out,
+             guard.refused))
 
 
 def main(_):

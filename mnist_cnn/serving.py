@@ -7,15 +7,26 @@ format (`instances`) and columnar format (`inputs`), binary values as {"b64": ..
 
 import asyncio
 import base64
+import collections
 import os
 import threading
 
 import numpy as np
+import orjson
 import tensorflow as tf
 from google.protobuf import json_format
 
+from mnist_cnn import image_headers
+from official.utils import export
+
 SAVED_MODEL_FILES = ('saved_model.pb', 'saved_model.pbtxt')
 SIGNATURE_MAP_TYPE = 'type.googleapis.com/tensorflow.serving.SignatureDefMap'
+# numpy's limit on dimensions: deeper JSON lists cannot be a tensor.
+MAX_RANK = 32
+
+# What one request may ask of the server (serve.py's flags; README "Reliability").
+Limits = collections.namedtuple('Limits', ['max_images_per_request', 'max_image_pixels'])
+DEFAULT_LIMITS = Limits(max_images_per_request=1000, max_image_pixels=2048 * 2048)
 
 
 class ServingError(Exception):
@@ -42,13 +53,8 @@ def not_found(message):
 
 def find_versions(base_path):
   """Integer version directories under base_path that hold a SavedModel, ascending."""
-  versions = []
-  for name in os.listdir(base_path):
-    path = os.path.join(base_path, name)
-    if name.isdigit() and os.path.isdir(path) and any(
-        os.path.exists(os.path.join(path, f)) for f in SAVED_MODEL_FILES):
-      versions.append(int(name))
-  return sorted(versions)
+  return [v for v in export.existing_versions(base_path) if any(
+      os.path.exists(os.path.join(base_path, str(v), f)) for f in SAVED_MODEL_FILES)]
 
 
 def op_error_message(error):
@@ -60,7 +66,11 @@ def op_error_message(error):
 
 
 class TensorSpec(object):
-  """One signature input: graph tensor name, numpy dtype and shape (None = unknown rank)."""
+  """One signature input: graph tensor name, numpy dtype and shape (None = unknown rank).
+
+  instance_shapes, when the export declares them (export.SERVING_INFO), are the shapes one row
+  may have, for inputs whose rank the graph leaves open.
+  """
 
   def __init__(self, tensor_info):
     self.tensor_name = tensor_info.name
@@ -69,14 +79,27 @@ class TensorSpec(object):
       self.shape = None
     else:
       self.shape = [d.size for d in tensor_info.tensor_shape.dim]
+    self.instance_shapes = None
 
   @property
   def batched(self):
     """True when the first dimension is free, so requests can be stacked along it."""
     return self.shape is None or (len(self.shape) >= 1 and self.shape[0] == -1)
 
+  @property
+  def max_depth(self):
+    """How deeply a whole tensor of this input may nest JSON lists."""
+    if self.instance_shapes:
+      return 1 + max(len(shape) for shape in self.instance_shapes)
+    return MAX_RANK if self.shape is None else len(self.shape)
+
   def check(self, name, array):
     """Raises a 400 ServingError unless array fits this input's rank and known sizes."""
+    if self.instance_shapes:
+      if array.ndim < 1 or list(array.shape[1:]) not in self.instance_shapes:
+        raise bad_request('input %r takes instances of shape %s; got %s' % (
+            name, ' or '.join(str(s) for s in self.instance_shapes), list(array.shape[1:])))
+      return
     if self.shape is None:
       if array.ndim < 1:
         raise bad_request('input %r must have a batch dimension; got a scalar' % name)
@@ -120,6 +143,16 @@ class LoadedVersion(object):
           path, message.strip().split('\n')[0])) from None
     self.signature_defs = dict(meta_graph.signature_def)
     self.signatures = {name: Signature(name, sd) for name, sd in self.signature_defs.items()}
+    try:
+      self.info = export.read_serving_info(path)
+    except (OSError, ValueError) as e:
+      self._session.close()
+      raise ValueError('cannot read %s in %s: %s' % (export.SERVING_INFO, path, e)) from None
+    for signature_name, inputs in self.info.get('instance_shapes', {}).items():
+      for input_name, shapes in inputs.items():
+        spec = self.signatures.get(signature_name, None)
+        if spec is not None and input_name in spec.inputs:
+          spec.inputs[input_name].instance_shapes = [list(shape) for shape in shapes]
     self._lock = threading.Lock()
     self._in_flight = 0
     self._drained = threading.Event()
@@ -178,60 +211,94 @@ class LoadedVersion(object):
 ################################################################################
 
 
-def _decode_b64(value, where):
-  """Replaces {"b64": "..."} objects in a nested list by bytes, and str by utf-8 bytes."""
+_FLOAT_LEAVES = frozenset([int, float])
+_INTEGER_LEAVES = frozenset([int])
+
+
+def _leaf_json(value):
+  text = orjson.dumps(value).decode('utf-8', 'replace') if value is not None else 'null'
+  return text if len(text) <= 40 else text[:37] + '...'
+
+
+def _check_nesting(value, max_depth, leaf_types, dtype_name, where):
+  """Walks nested JSON lists without recursion; raises a 400 naming the problem.
+
+  Lists may nest at most max_depth deep (the input's rank). With leaf_types, every leaf must
+  be a JSON number of those Python types: true, null, "0.5" or objects are refused, as TF
+  Serving refuses them, where numpy would quietly turn them into floats.
+  """
+  stack = [(value, 0)]
+  while stack:
+    item, depth = stack.pop()
+    if type(item) is not list:  # pylint: disable=unidiomatic-typecheck
+      if leaf_types is not None and type(item) not in leaf_types:
+        raise bad_request('%s: %s is not of expected type: %s' % (
+            where, _leaf_json(item), dtype_name))
+      continue
+    if depth >= max_depth:
+      raise bad_request('%s: lists nest more than %d deep, deeper than this input\'s shape '
+                        'allows' % (where, max_depth))
+    if leaf_types is not None and item and set(map(type, item)) <= leaf_types:
+      continue  # a row of numbers: the common case, checked without a Python loop
+    stack.extend((child, depth + 1) for child in item)
+
+
+def _decode_b64(value, where, max_image_pixels):
+  """Replaces {"b64": "..."} objects in a nested list by bytes, and str by utf-8 bytes; images
+  over max_image_pixels are refused from their headers, before anything decodes them."""
   if isinstance(value, list):
-    return [_decode_b64(v, where) for v in value]
+    return [_decode_b64(v, where, max_image_pixels) for v in value]
   if isinstance(value, dict):
     if set(value) != {'b64'} or not isinstance(value['b64'], str):
       raise bad_request('%s: a binary value must be an object with one key "b64" holding a '
                         'base64 string' % where)
     try:
-      return base64.b64decode(value['b64'], validate=True)
+      data = base64.b64decode(value['b64'], validate=True)
     except (ValueError, TypeError):
       raise bad_request('%s: "b64" does not hold valid base64 data' % where) from None
-  if isinstance(value, str):
-    return value.encode('utf-8')
-  raise bad_request('%s: expected a string or {"b64": ...}, got %s' % (
-      where, type(value).__name__))
+  elif isinstance(value, str):
+    data = value.encode('utf-8')
+  else:
+    raise bad_request('%s: expected a string or {"b64": ...}, got %s' % (
+        where, _leaf_json(value)))
+  try:
+    image_headers.check_pixels(data, max_image_pixels)
+  except image_headers.ImageSizeError as e:
+    raise bad_request('%s: %s' % (where, e)) from None
+  return data
 
 
-def _to_array(value, spec, where):
+def _to_array(value, spec, where, limits, instance=False):
   """A JSON value -> numpy array of the input's dtype, or a 400 saying what is wrong."""
+  max_depth = spec.max_depth - (1 if instance else 0)
   if spec.dtype == tf.string:
-    decoded = _decode_b64(value, where)
+    _check_nesting(value, max_depth, None, spec.dtype.name, where)
+    decoded = _decode_b64(value, where, limits.max_image_pixels)
     try:
       return np.array(decoded, dtype=object)
     except ValueError:
       raise bad_request('%s: nested lists of different lengths' % where) from None
+  if spec.dtype.is_integer:
+    leaves = _INTEGER_LEAVES
+  elif spec.dtype.is_floating:
+    leaves = _FLOAT_LEAVES
+  else:
+    leaves = _FLOAT_LEAVES | {bool} if spec.dtype == tf.bool else None
+  _check_nesting(value, max_depth, leaves, spec.dtype.name, where)
   try:
-    array = np.array(value, dtype=spec.dtype.as_numpy_dtype)
-  except (ValueError, TypeError) as e:
-    # Only failed conversions pay for walking the value to say what is wrong with it.
-    if _holds_object(value):
-      raise bad_request('%s: {"b64": ...} or other objects are only for string inputs; this '
-                        'input is %s' % (where, spec.dtype.name)) from None
+    return np.array(value, dtype=spec.dtype.as_numpy_dtype)
+  except (ValueError, TypeError, OverflowError) as e:
     raise bad_request('%s: not a %s tensor (%s)' % (where, spec.dtype.name, e)) from None
-  if spec.dtype.is_integer and not _all_integral(value):
-    raise bad_request('%s: expected integers for a %s input' % (where, spec.dtype.name))
-  return array
 
 
-def _holds_object(value):
-  if isinstance(value, dict):
-    return True
-  if isinstance(value, list):
-    return any(_holds_object(v) for v in value)
-  return False
+def _check_rows(count, limits, where):
+  if count > limits.max_images_per_request:
+    raise bad_request('%s holds %d instances; this server takes at most %d per request '
+                      '(--max_images_per_request): split it' % (
+                          where, count, limits.max_images_per_request))
 
 
-def _all_integral(value):
-  if isinstance(value, list):
-    return all(_all_integral(v) for v in value)
-  return isinstance(value, int) and not isinstance(value, bool)
-
-
-def parse_request(body, signature):
+def parse_request(body, signature, limits=DEFAULT_LIMITS):
   """A predict request body (parsed JSON) -> (feeds, row_format, rows).
 
   rows is the common batch size of the feeds, or None when they disagree (columnar requests
@@ -249,6 +316,7 @@ def parse_request(body, signature):
     instances = body['instances']
     if not isinstance(instances, list) or not instances:
       raise bad_request('"instances" must be a non-empty list')
+    _check_rows(len(instances), limits, '"instances"')
     named = all(isinstance(i, dict) and not set(i) <= {'b64'} for i in instances)
     if len(names) > 1 and not named:
       raise bad_request('this signature has inputs %s: every instance must be an object '
@@ -266,7 +334,8 @@ def parse_request(body, signature):
       shapes = set()
       arrays = []
       for index, row in enumerate(rows):
-        array = _to_array(row, signature.inputs[name], 'instances[%d]' % index)
+        array = _to_array(row, signature.inputs[name], 'instances[%d]' % index, limits,
+                          instance=True)
         shapes.add(array.shape)
         arrays.append(array)
       if len(shapes) > 1:
@@ -286,7 +355,10 @@ def parse_request(body, signature):
       raise bad_request('this signature has inputs %s: "inputs" must be an object naming all '
                         'of them' % names)
     for name in names:
-      feeds[name] = _to_array(values[name], signature.inputs[name], 'inputs[%r]' % name)
+      if isinstance(values[name], list):
+        _check_rows(len(values[name]), limits, 'inputs[%r]' % name)
+      feeds[name] = _to_array(values[name], signature.inputs[name], 'inputs[%r]' % name,
+                              limits)
   for name, array in feeds.items():
     signature.inputs[name].check(name, array)
   batch_sizes = {a.shape[0] for a in feeds.values() if a.ndim}
@@ -355,9 +427,14 @@ class Batcher(object):
   A batch is ready when it holds max_batch_size rows or batch_timeout_s after its first
   request; num_batch_threads workers take ready batches in order. A ready batch that waits for
   a worker keeps taking requests until it is full, so under load the batches grow instead of
-  queueing up small. Only requests of one version, signature and per-row shape are merged. If
-  a merged call fails on bad input, each request is rerun alone so that one bad request cannot
-  fail the others.
+  queueing up small. Only requests of one version, signature and per-row shape are merged.
+
+  Outputs go back by what each request put in, checked: a merged call must answer exactly one
+  output row per input row, else each request is rerun alone, so no request ever gets another's
+  rows. If a merged call fails on bad input, each request is rerun alone too, so that one bad
+  request cannot fail the others. A request of more than max_batch_size rows runs as calls of
+  at most max_batch_size rows, one at a time, so its memory stays that of one batch, and a
+  request whose client is gone (cancelled) makes no further calls.
   """
 
   def __init__(self, executor, max_batch_size, batch_timeout_s, num_batch_threads):
@@ -379,11 +456,14 @@ class Batcher(object):
       self._workers = [asyncio.ensure_future(self._work()) for _ in range(self._num_workers)]
 
   async def run(self, version, signature, feeds, rows):
-    """The outputs of one request, computed alone or in a batch with others."""
+    """The outputs of one request, computed alone, in a batch with others, or in parts."""
     self._start()
-    if self._max_rows <= 1 or rows is None or not signature.batchable or rows >= self._max_rows:
-      async with self._slots:
-        return await self._call(version, signature, feeds)
+    if rows is None or not signature.batchable or self._max_rows <= 1:
+      return await self._alone(version, signature, feeds)
+    if rows > self._max_rows:
+      return await self._in_parts(version, signature, feeds, rows)
+    if rows == self._max_rows:
+      return await self._alone(version, signature, feeds)
     loop = asyncio.get_running_loop()
     key = (id(version), signature.name,
            tuple(sorted((k, a.dtype.str, a.shape[1:]) for k, a in feeds.items())))
@@ -401,6 +481,22 @@ class Batcher(object):
     if batch.rows >= self._max_rows:
       self._close(batch)
     return await future
+
+  async def _alone(self, version, signature, feeds):
+    async with self._slots:
+      return await self._call(version, signature, feeds)
+
+  async def _in_parts(self, version, signature, feeds, rows):
+    """Runs a large request max_batch_size rows at a time; a cancelled request stops between
+    parts. Outputs that do not come one row per input row make it run whole, as it would alone."""
+    parts = []
+    for start in range(0, rows, self._max_rows):
+      part = {k: v[start:start + self._max_rows] for k, v in feeds.items()}
+      outputs = await self._alone(version, signature, part)
+      if not _rows_match(outputs, len(next(iter(part.values())))):
+        return await self._alone(version, signature, feeds)
+      parts.append(outputs)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
   def _close(self, batch):
     """No more requests join the batch; it goes to the workers."""
@@ -422,6 +518,10 @@ class Batcher(object):
       await self._run_batch(batch.version, batch.signature, batch.pending)
 
   async def _run_batch(self, version, signature, pending):
+    # A request whose client is gone (timed out, disconnected) is not computed.
+    pending = [p for p in pending if not p.future.done()]
+    if not pending:
+      return
     try:
       if len(pending) == 1:
         outputs = await self._call(version, signature, pending[0].feeds)
@@ -431,8 +531,13 @@ class Batcher(object):
       self.batched_requests += len(pending)
       try:
         outputs = await self._call(version, signature, merged)
+        lined_up = _rows_match(outputs, sum(p.rows for p in pending))
       except ServingError:
-        for p in pending:  # find the bad request(s); the others still get their answer
+        lined_up = False  # find the bad request(s); the others still get their answer
+      if not lined_up:
+        for p in pending:
+          if p.future.done():
+            continue
           try:
             _resolve(p.future, result=await self._call(version, signature, p.feeds))
           except ServingError as e:
@@ -455,6 +560,11 @@ class Batcher(object):
     for worker in self._workers:
       worker.cancel()
     await asyncio.gather(*self._workers, return_exceptions=True)
+
+
+def _rows_match(outputs, rows):
+  """True when every output has exactly `rows` rows, one per input row."""
+  return all(getattr(v, 'ndim', 0) >= 1 and v.shape[0] == rows for v in outputs.values())
 
 
 def _resolve(future, result=None, error=None):

@@ -161,7 +161,9 @@ def _in_process(version_dir, signature_name, feeds):
 def test_exports_have_both_signatures_with_the_same_outputs(exports, model):
   path = exports[model]
   assert os.path.basename(path).isdigit()
-  assert sorted(os.listdir(path)) == ['saved_model.pb', 'variables']
+  assert sorted(os.listdir(path)) == ['assets.extra', 'saved_model.pb', 'variables']
+  info = export.read_serving_info(path)
+  assert info['compute_dtype'] == 'fp32'
   loaded = serving.LoadedVersion(0, path)
   try:
     default = loaded.signatures[export.DEFAULT_SIGNATURE]
@@ -276,18 +278,20 @@ _ONE_IMAGE = np.zeros((28, 28, 1)).tolist()
      'not a float32 tensor'),
     ('POST', '/v1/models/mnist:predict', {'instances': [_ONE_IMAGE, [0.0] * 784]}, 400,
      'different shapes'),
-    ('POST', '/v1/models/mnist:predict', {'instances': [[0.5] * 100]}, 400, 'reshape'),
+    ('POST', '/v1/models/mnist:predict', {'instances': [[0.5] * 100]}, 400,
+     'takes instances of shape [784] or [28, 28, 1]; got [100]'),
     ('POST', '/v1/models/mnist:predict', {'instances': [['a'] * 784]}, 400,
-     'not a float32 tensor'),
+     '"a" is not of expected type: float32'),
     ('POST', '/v1/models/mnist:predict', {'instances': [_b64(b'x')]}, 400,
-     'only for string inputs'),
+     '{"b64":"eA=="} is not of expected type: float32'),
     ('POST', '/v1/models/mnist:predict', {'signature_name': BYTES_SIGNATURE,
                                           'instances': [_b64(b'not an image')]},
      400, 'Unknown image file format'),
     ('POST', '/v1/models/mnist:predict', {'signature_name': BYTES_SIGNATURE,
                                           'instances': [{'b64': '%%%'}]}, 400, 'valid base64'),
     ('POST', '/v1/models/mnist:predict', {'signature_name': BYTES_SIGNATURE,
-                                          'instances': [['a', 'b']]}, 400, 'shape'),
+                                          'instances': [['a', 'b']]}, 400,
+     'lists nest more than 0 deep, deeper than this input\'s shape allows'),
     ('POST', '/v1/models/mnist:predict', {'signature_name': 'nope', 'instances': [_ONE_IMAGE]},
      404, 'Serving signature name: "nope" not found'),
     ('POST', '/v1/models/other:predict', {'instances': [_ONE_IMAGE]}, 404,

@@ -23,6 +23,7 @@ from official.resnet import resnet_model
 from official.utils import distribution_utils
 from official.utils import export
 from official.utils import precision
+from official.utils import run_dir
 from official.utils.flags import core as flags_core
 from official.utils.logs import hooks_helper
 from official.utils.logs import run_record
@@ -30,6 +31,7 @@ from official.utils.logs import run_record
 DTYPES = {'fp32': tf.float32, 'fp16': tf.float16, 'bf16': tf.bfloat16}
 DEFAULT_LOSS_SCALE = {'fp32': 1, 'fp16': 128, 'bf16': 1}
 PROGRESS_EVERY_N_STEPS = 100
+KEEP_CHECKPOINTS = 5
 
 
 ################################################################################
@@ -382,7 +384,7 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
   if is_chief:
     if flags_obj.clean and os.path.isdir(model_dir):
       shutil.rmtree(model_dir)
-    os.makedirs(model_dir, exist_ok=True)
+    run_dir.prepare(model_dir, flags_obj.export_dir, KEEP_CHECKPOINTS)
     run_record.write_flags(model_dir, flags_core.flags_dict(flags_obj), extra={
         'replicas': replicas, 'model': 'resnet', 'dataset': dataset_name,
         'image_shape': list(shape), 'train_examples': num_train_images, 'dtype_used': dtype_name,
@@ -401,7 +403,7 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
   run_config = tf.estimator.RunConfig(
       train_distribute=strategy, eval_distribute=None if cluster else strategy,
       model_dir=model_dir, tf_random_seed=flags_obj.seed, session_config=session_config,
-      save_checkpoints_secs=flags_obj.save_checkpoints_secs, keep_checkpoint_max=5,
+      save_checkpoints_secs=flags_obj.save_checkpoints_secs, keep_checkpoint_max=KEEP_CHECKPOINTS,
       log_step_count_steps=1000, session_creation_timeout_secs=flags_obj.cluster_timeout_s)
   warm_start = None
   if flags_obj.pretrained_model_checkpoint_path:
@@ -635,23 +637,11 @@ def _export_if_asked(classifier, flags_obj, shape, results):
   if flags_obj.export_dir:
     receiver_fn = lambda: serving_input_fn(
         shape, image_bytes_default=flags_obj.image_bytes_as_serving_input)
-    results['export_path'] = _export(classifier, flags_obj.export_dir, receiver_fn)
+    results['export_path'] = export.export_estimator(
+        classifier, flags_obj.export_dir, receiver_fn,
+        {'compute_dtype': classifier.params['dtype']})
     print('Exported SavedModel to %s' % results['export_path'])
   return results
-
-
-def _export(classifier, export_dir, receiver_fn):
-  """Exports to export_dir/<timestamp>/; the Estimator writes a temp-* dir and renames it
-  when complete, and a failed export's temp-* dir is removed here."""
-  before = set(os.listdir(export_dir)) if os.path.isdir(export_dir) else set()
-  try:
-    path = classifier.export_saved_model(export_dir, receiver_fn)
-  except BaseException:
-    for name in set(os.listdir(export_dir)) - before if os.path.isdir(export_dir) else ():
-      if name.startswith('temp-'):
-        shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
-    raise
-  return path.decode() if isinstance(path, bytes) else path
 
 
 def _evaluate(classifier, input_fn_eval, steps):

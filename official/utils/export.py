@@ -11,6 +11,7 @@ that the graph decodes, converts to the model's channels and resizes. The names 
 Estimator's convention for alternative receivers, so both models answer the same client code.
 """
 
+import json
 import os
 import shutil
 import tempfile
@@ -21,6 +22,12 @@ import tensorflow as tf
 IMAGES_INPUT = 'images'
 IMAGE_BYTES_INPUT = 'image_bytes'
 DEFAULT_SIGNATURE = 'serving_default'
+# What an export needs to say beyond its signatures, read by our server and predict: the
+# per-instance shapes an input of unknown rank accepts ({signature: {input: [shapes]}}) and the
+# dtype its graph computes in. TF Serving ignores assets.extra apart from warm-up requests.
+SERVING_INFO = 'assets.extra/mnist_cnn.json'
+STAGING_PREFIX = '.tmp-export-'
+INT64_MAX = 2 ** 63 - 1
 
 
 def alternative_signature(input_name):
@@ -28,10 +35,30 @@ def alternative_signature(input_name):
   return '%s:%s' % (input_name, DEFAULT_SIGNATURE)
 
 
+def _to_channels(image, num_channels):
+  """float32 [h, w, any of 1-4 channels] -> [h, w, num_channels] (1: grey, 3: RGB).
+
+  Decoders give what the file holds: grey (1), grey + alpha (2), RGB (3) or RGBA (4); GIFs are
+  always RGB and BMPs RGB(A) or grey. Alpha is dropped; grey <-> RGB by ITU-R 601 weights.
+  """
+  have = tf.shape(image)[-1]
+  if num_channels == 1:
+    return tf.cond(have < 3, lambda: image[..., :1],
+                   lambda: tf.image.rgb_to_grayscale(tf.ensure_shape(image[..., :3],
+                                                                     [None, None, 3])))
+  grey_to_rgb = lambda: tf.tile(image[..., :1], [1, 1, num_channels])
+  return tf.cond(have < 3, grey_to_rgb, lambda: image[..., :num_channels])
+
+
 def _decode_image(image_bytes, height, width, num_channels):
-  """PNG/JPEG/GIF/BMP bytes -> float32 [height, width, num_channels] in [0, 1]."""
-  image = tf.io.decode_image(image_bytes, channels=num_channels, expand_animations=False)
+  """PNG/JPEG/GIF/BMP bytes -> float32 [height, width, num_channels] in [0, 1].
+
+  Decoded with the channels the file has, then converted: asking the decoder for one channel
+  fails for every GIF ("channels must be 0 or 3") and for RGB BMPs.
+  """
+  image = tf.io.decode_image(image_bytes, channels=0, expand_animations=False)
   image = tf.image.convert_image_dtype(image, tf.float32)
+  image = _to_channels(image, num_channels)
   image = tf.image.resize(image, [height, width], antialias=True)
   return tf.ensure_shape(image, [height, width, num_channels])
 
@@ -66,21 +93,100 @@ def serving_inputs(image_shape, accept_flat=False):
   shape = None if accept_flat else [None] + list(image_shape)
   images_input = tf.compat.v1.placeholder_with_default(decoded, shape, name=IMAGES_INPUT)
   images = tf.reshape(images_input, [-1] + list(image_shape))
+  if accept_flat:
+    # Whatever the request's layout, one instance must be one image: without this check an
+    # instance of two images' floats would come back as two predictions, and a server that
+    # merges requests would hand the second one to another client.
+    with tf.control_dependencies([tf.debugging.assert_equal(
+        tf.shape(images)[0], tf.shape(images_input)[0],
+        message='each instance of "images" must hold exactly one image of %s values' %
+        'x'.join(str(d) for d in image_shape))]):
+      images = tf.identity(images)
   return images_input, image_bytes, images
 
 
+def version_number(name):
+  """The version a directory name stands for, or None: ASCII digits within int64 only.
+
+  `str.isdigit` is also true for '²' and other Unicode digits that int() refuses; a stray
+  directory named so once stopped the server's version polling for good.
+  """
+  if not name or len(name) > 19 or not all('0' <= c <= '9' for c in name):
+    return None
+  number = int(name)
+  return number if number <= INT64_MAX else None
+
+
 def existing_versions(export_dir):
-  """Returns the sorted integer version numbers under export_dir."""
+  """Returns the sorted integer version numbers of the directories under export_dir."""
   if not os.path.isdir(export_dir):
     return []
-  return sorted(int(name) for name in os.listdir(export_dir)
-                if name.isdigit() and os.path.isdir(os.path.join(export_dir, name)))
+  versions = []
+  for name in os.listdir(export_dir):
+    number = version_number(name)
+    if number is not None and os.path.isdir(os.path.join(export_dir, name)):
+      versions.append(number)
+  return sorted(versions)
 
 
 def next_version(export_dir):
   """A version above every existing one: the Unix time, or the last version + 1 if larger."""
   versions = existing_versions(export_dir)
   return max([int(time.time())] + [v + 1 for v in versions])
+
+
+def write_serving_info(saved_model_dir, info):
+  """Writes what the signatures cannot say (see SERVING_INFO) into a SavedModel directory."""
+  path = os.path.join(saved_model_dir, SERVING_INFO)
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w') as f:
+    json.dump(info, f, indent=2, sort_keys=True)
+
+
+def read_serving_info(saved_model_dir):
+  """The export's SERVING_INFO record, or {} for exports made before it existed."""
+  path = os.path.join(saved_model_dir, SERVING_INFO)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def _staging_owner(name):
+  """The pid in a staging directory's name, or None for names without one."""
+  parts = name[len(STAGING_PREFIX):].split('-')
+  return int(parts[0]) if parts and parts[0].isdigit() and parts[0].isascii() else None
+
+
+def _alive(pid):
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:
+    return True
+  return True
+
+
+def remove_stale_staging(export_dir):
+  """Removes staging directories that a killed export left behind; returns their names.
+
+  A staging directory belongs to the process whose pid its name carries, and is stale once that
+  process is gone; `temp-*` directories are the Estimator's own staging from older versions.
+  """
+  if not os.path.isdir(export_dir):
+    return []
+  removed = []
+  for name in sorted(os.listdir(export_dir)):
+    if name.startswith(STAGING_PREFIX):
+      owner = _staging_owner(name)
+      stale = owner is None or (owner != os.getpid() and not _alive(owner))
+    else:
+      stale = name.startswith('temp-') and name[5:].isdigit()
+    if stale:
+      shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+      removed.append(name)
+  return removed
 
 
 def export_atomically(export_dir, write_fn):
@@ -95,7 +201,8 @@ def export_atomically(export_dir, write_fn):
     The final export path, `<export_dir>/<version>`.
   """
   os.makedirs(export_dir, exist_ok=True)
-  staging = tempfile.mkdtemp(dir=export_dir, prefix='.tmp-export-')
+  remove_stale_staging(export_dir)
+  staging = tempfile.mkdtemp(dir=export_dir, prefix='%s%d-' % (STAGING_PREFIX, os.getpid()))
   try:
     written = os.path.join(staging, 'model')
     write_fn(written)
@@ -104,3 +211,15 @@ def export_atomically(export_dir, write_fn):
     return final
   finally:
     shutil.rmtree(staging, ignore_errors=True)
+
+
+def export_estimator(estimator, export_dir, receiver_fn, serving_info):
+  """Exports an Estimator through export_atomically, with its SERVING_INFO."""
+  def write(path):
+    # The Estimator writes <base>/<timestamp>/ by a rename of its own; base is our staging.
+    base = path + '-estimator'
+    written = estimator.export_saved_model(base, receiver_fn)
+    written = written.decode() if isinstance(written, bytes) else written
+    write_serving_info(written, serving_info)
+    os.rename(written, path)
+  return export_atomically(export_dir, write)

@@ -11,6 +11,8 @@ import time
 
 FLAGS_FILE = 'flags.json'
 METRICS_FILE = 'metrics.json'
+# An epoch's record between its checkpoint's save and its line in metrics.json (commit_epoch).
+PENDING_FILE = 'pending_epoch.json'
 # Printed when a training session is up (its variables initialised or restored); the local
 # cluster launcher waits for the chief's before starting workers.
 SESSION_READY = 'Training session ready'
@@ -67,6 +69,45 @@ def append_metrics(model_dir, metrics):
     f.write(json.dumps(record, sort_keys=True, default=_json_default) + '\n')
     f.flush()
     os.fsync(f.fileno())
+
+
+def commit_epoch(model_dir, record, save_checkpoint):
+  """Saves an epoch's checkpoint and records its metrics so that one never exists without the
+  other: the record is put aside first, and a run killed between the two writes finds it there
+  on its next start (settle_pending). Returns what save_checkpoint returned."""
+  record = dict(record)
+  record.setdefault('timestamp', time.time())
+  pending = os.path.join(model_dir, PENDING_FILE)
+  write_json_atomic(pending, record)
+  saved = save_checkpoint()
+  append_metrics(model_dir, record)
+  os.remove(pending)
+  return saved
+
+
+def settle_pending(model_dir, resumed_step):
+  """Finishes a commit_epoch that a killed run left half done; returns the record it added.
+
+  The record goes to metrics.json when its checkpoint is the one resumed from (and is not
+  there yet); a record whose checkpoint never landed is dropped with its epoch, which reruns.
+  """
+  pending = os.path.join(model_dir, PENDING_FILE)
+  if not os.path.exists(pending):
+    return None
+  try:
+    with open(pending) as f:
+      record = json.load(f)
+  except ValueError:
+    record = None  # cut short before its atomic rename cannot happen; garbage is dropped
+  added = None
+  if (isinstance(record, dict) and resumed_step is not None and
+      record.get('global_step') == resumed_step and not any(
+          r.get('global_step') == resumed_step and 'epoch' in r
+          for r in read_metrics(model_dir))):
+    append_metrics(model_dir, record)
+    added = record
+  os.remove(pending)
+  return added
 
 
 def count_parameters(variables):
