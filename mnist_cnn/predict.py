@@ -17,6 +17,7 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
+from mnist_cnn import image_headers
 from mnist_cnn import serving
 from official.utils import export
 
@@ -26,7 +27,13 @@ def define_predict_flags(flag_values=flags.FLAGS):
                       flag_values=flag_values)
   flags.DEFINE_integer('top_k', 3, 'How many of the most likely classes to print.',
                        flag_values=flag_values)
+  flags.DEFINE_integer('max_image_pixels', serving.DEFAULT_LIMITS.max_image_pixels,
+                       'Most pixels an image may declare (all frames of a GIF); larger files are '
+                       'refused from their header instead of being decoded.',
+                       flag_values=flag_values)
   flags.mark_flag_as_required('export_dir', flag_values=flag_values)
+  flags.register_validator('max_image_pixels', lambda v: v >= 1,
+                           message='--max_image_pixels must be at least 1', flag_values=flag_values)
   flags.register_validator('top_k', lambda v: v >= 1, message='--top_k must be at least 1',
                            flag_values=flag_values)
 
@@ -55,7 +62,7 @@ def image_bytes_signature(loaded):
       loaded.path, export.IMAGE_BYTES_INPUT, ', '.join(sorted(loaded.signatures))))
 
 
-def classify_files(loaded, paths):
+def classify_files(loaded, paths, max_image_pixels=serving.DEFAULT_LIMITS.max_image_pixels):
   """Yields (path, probabilities or None, error or None) for each file, one model call each."""
   signature = image_bytes_signature(loaded)
   for path in paths:
@@ -64,6 +71,11 @@ def classify_files(loaded, paths):
         data = f.read()
     except OSError as e:
       yield path, None, 'cannot read: %s' % (e.strerror or e)
+      continue
+    try:
+      image_headers.check_pixels(data, max_image_pixels)
+    except image_headers.ImageSizeError as e:
+      yield path, None, str(e)
       continue
     try:
       outputs = loaded.run(signature, {export.IMAGE_BYTES_INPUT: np.array([data], dtype=object)})
@@ -78,7 +90,8 @@ def run_predict(flags_obj, paths, out=sys.stdout):
   loaded = serving.LoadedVersion(0, resolve_export(flags_obj.export_dir))
   failures = 0
   try:
-    for path, probabilities, error in classify_files(loaded, paths):
+    for path, probabilities, error in classify_files(loaded, paths,
+                                                     flags_obj.max_image_pixels):
       if error:
         failures += 1
         print('%s: error: %s' % (path, error), file=out)

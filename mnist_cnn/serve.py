@@ -65,7 +65,7 @@ def define_serve_flags(flag_values=flags.FLAGS):
                      '504.', **fv)
   flags.DEFINE_integer('max_images_per_request', serving.DEFAULT_LIMITS.max_images_per_request,
                        'Most instances (rows) one request may hold; more get 400. TF Serving '
-                       'refuses requests over its batching max_batch_size (1000 by default).',
+                       'refuses requests over its batching max_batch_size.',
                        **fv)
   flags.DEFINE_integer('max_image_pixels', serving.DEFAULT_LIMITS.max_image_pixels,
                        'Most pixels an encoded image may declare (all frames of a GIF), read '
@@ -206,6 +206,30 @@ def _error(status, message):
   return _json(status, {'error': message})
 
 
+def _load_malloc_trim():
+  try:
+    import ctypes  # pylint: disable=g-import-not-at-top
+    return ctypes.CDLL('libc.so.6').malloc_trim
+  except (OSError, AttributeError):  # not glibc
+    return None
+
+
+_MALLOC_TRIM = _load_malloc_trim()
+
+
+def release_memory():
+  """Frees a large request's garbage and hands the pages back to the system.
+
+  A 16 MiB request's JSON is ~80 MB of Python lists. A refused request's exception traceback
+  holds them in a reference cycle, and having lived through the parse they sit in the oldest
+  garbage-collector generation, which is rarely collected; once freed, glibc keeps the pages in
+  its per-thread arenas. Two such requests left the server 25% larger for good (592 -> 737 MB).
+  """
+  gc.collect()
+  if _MALLOC_TRIM is not None:
+    _MALLOC_TRIM(0)
+
+
 def _load_json(raw):
   try:
     return orjson.loads(raw)
@@ -268,6 +292,9 @@ class RestApi(object):
       return _error(413, 'Request body is larger than the limit of %d bytes' % (
           e.max_size if hasattr(e, 'max_size') else request.client_max_size))
 
+  # After a body this large, freed memory is handed back (release_memory).
+  RELEASE_AFTER_BYTES = 1024 * 1024
+
   async def _parse(self, size, fn, *args):
     if size <= self.INLINE_PARSE_BYTES or self.parse_executor is None:
       return fn(*args)
@@ -281,6 +308,16 @@ class RestApi(object):
     state['reading'] = True
     raw = await request.read()
     state['reading'] = False
+    if len(raw) >= self.RELEASE_AFTER_BYTES:
+      try:
+        return await self._infer_body(request, name, version, verb, raw)
+      finally:
+        # Later, once this request's frames and tasks are gone too.
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.2, loop.run_in_executor, self.parse_executor, release_memory)
+    return await self._infer_body(request, name, version, verb, raw)
+
+  async def _infer_body(self, request, name, version, verb, raw):
     body = await self._parse(len(raw), _load_json, raw)
     del raw
     if not isinstance(body, dict):
@@ -327,14 +364,15 @@ class RateLimitedLog(object):
   for as long as that lasts; logging each failure grew the log by 142 MB a minute.
   """
 
-  def __init__(self, interval_s=60.0, log=None):
+  def __init__(self, interval_s=60.0, log=None, clock=time.monotonic):
     self._interval_s = interval_s
     self._log = log or _log
+    self._clock = clock
     self._last = {}
     self._held = collections.Counter()
 
   def __call__(self, key, message):
-    now = time.monotonic()
+    now = self._clock()
     if key in self._last and now - self._last[key] < self._interval_s:
       self._held[key] += 1
       return

@@ -78,3 +78,25 @@ def learnable_idx_dir(tmp_path):
   directory = str(tmp_path / 'learnable')
   write_idx_dir(directory, num_train=400, num_test=100, learnable=True)
   return directory
+
+
+@pytest.fixture(scope='session')
+def exports(tmp_path_factory):
+  """{'alexnet': version dir, 'alexnet_2': another AlexNet version dir, 'resnet': ...}."""
+  from mnist_cnn import alexnet_main  # pylint: disable=g-import-not-at-top
+  from mnist_cnn import resnet_main  # pylint: disable=g-import-not-at-top
+  root = tmp_path_factory.mktemp('serve')
+  data_dir = str(root / 'data')
+  write_idx_dir(data_dir, num_train=200, num_test=50, learnable=True)
+  found = {}
+  for name, seed in (('alexnet', 0), ('alexnet_2', 1)):
+    result = alexnet_main.run_alexnet(parse_flags(alexnet_main.define_alexnet_flags, [
+        '--data_dir=' + data_dir, '--model_dir=%s' % (root / name), '--train_epochs=1',
+        '--batch_size=50', '--validation_size=0', '--optimizer=adam', '--learning_rate=0.001',
+        '--seed=%d' % seed, '--export_dir=%s' % (root / (name + '_export'))]))
+    found[name] = result['export_path']
+  result = resnet_main.run_resnet(parse_flags(resnet_main.define_mnist_flags, [
+      '--use_synthetic_data', '--model_dir=%s' % (root / 'resnet'), '--num_filters=4',
+      '--batch_size=8', '--max_train_steps=2', '--export_dir=%s' % (root / 'resnet_export')]))
+  found['resnet'] = result['export_path']
+  return found

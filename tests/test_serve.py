@@ -34,26 +34,6 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
 BYTES_SIGNATURE = export.alternative_signature(export.IMAGE_BYTES_INPUT)
 
 
-@pytest.fixture(scope='module')
-def exports(tmp_path_factory):
-  """{'alexnet': version dir, 'alexnet_2': another AlexNet version dir, 'resnet': ...}."""
-  root = tmp_path_factory.mktemp('serve')
-  data_dir = str(root / 'data')
-  conftest.write_idx_dir(data_dir, num_train=200, num_test=50, learnable=True)
-  found = {}
-  for name, seed in (('alexnet', 0), ('alexnet_2', 1)):
-    result = alexnet_main.run_alexnet(conftest.parse_flags(alexnet_main.define_alexnet_flags, [
-        '--data_dir=' + data_dir, '--model_dir=%s' % (root / name), '--train_epochs=1',
-        '--batch_size=50', '--validation_size=0', '--optimizer=adam', '--learning_rate=0.001',
-        '--seed=%d' % seed, '--export_dir=%s' % (root / (name + '_export'))]))
-    found[name] = result['export_path']
-  result = resnet_main.run_resnet(conftest.parse_flags(resnet_main.define_mnist_flags, [
-      '--use_synthetic_data', '--model_dir=%s' % (root / 'resnet'), '--num_filters=4',
-      '--batch_size=8', '--max_train_steps=2', '--export_dir=%s' % (root / 'resnet_export')]))
-  found['resnet'] = result['export_path']
-  return found
-
-
 def _images(count, seed=0, shape=(28, 28, 1)):
   return np.random.RandomState(seed).rand(count, *shape).astype(np.float32)
 
@@ -393,11 +373,16 @@ def _wait_for_version(server, version, timeout=60):
 def test_sixteen_clients_mixed_valid_and_invalid_requests(exports, alexnet_server):
   images = _images(32, seed=3)
   want = _in_process(exports['alexnet'], 'serving_default', {'images': images})['classes']
+  # One instance holding two images' floats: answered as two predictions, it used to hand its
+  # second one to another client of the same merged batch.
+  two_images = {'instances': [images[0].ravel().tolist() + images[1].ravel().tolist()]}
   invalid = [
       '{"instances": [',
       {'instances': [[0.0] * 5]},
       {'signature_name': BYTES_SIGNATURE, 'instances': [_b64(b'junk')]},
       {'signature_name': 'missing', 'instances': [_ONE_IMAGE]},
+      two_images,
+      {'instances': [[None] * 784]},
   ]
 
   def client(index):
@@ -407,7 +392,9 @@ def test_sixteen_clients_mixed_valid_and_invalid_requests(exports, alexnet_serve
       if n % 4 == 3:
         body = invalid[(index + n) % len(invalid)]
         status, answer = alexnet_server.predict(body, connection=connection)
-        if status not in (400, 404) or 'error' not in answer:
+        if status not in (400, 404) or 'error' not in answer or (
+            body is two_images and 'takes instances of shape [784] or [28, 28, 1]' not in
+            answer['error']):
           wrong.append((status, answer))
       else:
         image = (index * 200 + n) % len(images)

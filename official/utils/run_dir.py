@@ -23,10 +23,14 @@ import tensorflow as tf
 from official.utils import export
 
 CHECKPOINT_STATE = 'checkpoint'
-# Written by TensorFlow's atomic file writes (checkpoint data, the state file) before their
-# rename, by run_record's atomic writes, and by sharded saves.
-_TEMPORARY = re.compile(r'(\.tempstate\d*$|^\.tmp-|_temp(_[0-9a-f]+)?$)')
-_CHECKPOINT_INDEX = re.compile(r'^(?P<prefix>.+)-(?P<step>\d+)\.index$')
+# Written before their rename by TensorFlow's checkpoint writers (`.tempstate<n>`), its atomic
+# file writes such as the state file (`.tmp<uuid hex>`), run_record's atomic writes (`.tmp-`),
+# and sharded saves (`_temp` directories).
+_TEMPORARY = re.compile(r'(\.tempstate\d*$|\.tmp[0-9a-f]{32}$|^\.tmp-|_temp(_[0-9a-f]+)?$)')
+# A checkpoint shows by its index or its data shards: data without an index is a checkpoint
+# that cannot be read, and counts as one.
+_CHECKPOINT_FILE = re.compile(
+    r'^(?P<prefix>.+)-(?P<step>\d+)\.(index|data-\d+-of-\d+)$')
 
 
 class RunDirError(ValueError):
@@ -148,7 +152,7 @@ def recover_checkpoints(model_dir, max_to_keep, log=print):
     return None
   listed, problem = _state_paths(model_dir)
   found = [os.path.join(model_dir, m.group('prefix') + '-' + m.group('step'))
-           for m in map(_CHECKPOINT_INDEX.match, os.listdir(model_dir)) if m]
+           for m in map(_CHECKPOINT_FILE.match, os.listdir(model_dir)) if m]
   candidates = sorted(set(listed) | set(found), key=_step, reverse=True)
   if not candidates:
     if problem:
@@ -180,7 +184,7 @@ def recover_checkpoints(model_dir, max_to_keep, log=print):
   kept = [os.path.basename(p) for p in reversed(intact)]
   if problem or skipped or listed != [os.path.join(model_dir, k) for k in kept]:
     tf.compat.v1.train.update_checkpoint_state(
-        model_dir, kept[-1], all_model_checkpoint_paths=kept, save_relative_paths=True)
+        model_dir, kept[-1], all_model_checkpoint_paths=kept)
   return intact[0]
 
 
