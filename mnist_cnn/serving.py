@@ -216,7 +216,11 @@ _INTEGER_LEAVES = frozenset([int])
 
 
 def _leaf_json(value):
-  text = orjson.dumps(value).decode('utf-8', 'replace') if value is not None else 'null'
+  """A JSON value as the client wrote it, cut to 40 characters, for error messages."""
+  try:
+    text = orjson.dumps(value).decode('utf-8', 'replace')
+  except (TypeError, orjson.JSONEncodeError):
+    text = repr(value)
   return text if len(text) <= 40 else text[:37] + '...'
 
 

@@ -10,6 +10,7 @@ import asyncio
 import base64
 import concurrent.futures
 import io
+import json
 import os
 import shutil
 import socket
@@ -158,6 +159,46 @@ def test_large_request_runs_in_parts_of_max_batch_size(exports):
                              atol=1e-6)
 
 
+class _SlowVersion(object):
+  """Stands in for a loaded version: each call takes 0.1 s and echoes its rows."""
+
+  def __init__(self):
+    self.rows_computed = 0
+
+  def run(self, signature, feeds):
+    del signature
+    time.sleep(0.1)
+    self.rows_computed += len(feeds['x'])
+    return {'y': feeds['x']}
+
+
+class _Signature(object):
+  name = 'serving_default'
+  batchable = True
+
+
+def test_a_cancelled_large_request_makes_no_further_calls():
+  version = _SlowVersion()
+
+  async def scenario():
+    executor = concurrent.futures.ThreadPoolExecutor(2)
+    batcher = serving.Batcher(executor, max_batch_size=8, batch_timeout_s=0.01,
+                              num_batch_threads=1)
+    task = asyncio.ensure_future(batcher.run(version, _Signature(),
+                                             {'x': np.zeros((80, 1), np.float32)}, 80))
+    await asyncio.sleep(0.25)  # two or three of its ten parts
+    task.cancel()  # what aiohttp does when the client goes away
+    with pytest.raises(asyncio.CancelledError):
+      await task
+    await asyncio.sleep(0.5)
+    await batcher.close()
+    executor.shutdown()
+    return batcher.calls
+
+  calls = asyncio.run(scenario())
+  assert calls < 10 and version.rows_computed < 80
+
+
 ################################################################################
 # Requests over HTTP
 ################################################################################
@@ -291,6 +332,22 @@ def test_stalled_connections_are_closed_and_others_served(server):
   assert s.stop() == 0
   assert 'closed 51 connections for slow headers' in ''.join(s.output) or \
       'closed 50 connections for slow headers' in ''.join(s.output)
+
+
+def test_a_body_that_never_arrives_gets_408_and_the_connection_closes(server):
+  s = server('--request_timeout_s=1')
+  with socket.create_connection(('127.0.0.1', s.port), timeout=60) as sock:
+    sock.sendall(b'POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\n'
+                 b'Content-Length: 5000\r\n\r\n{"instances": ')
+    received = b''
+    while True:
+      chunk = sock.recv(65536)
+      if not chunk:
+        break  # closed by the server after its answer
+      received += chunk
+  head, body = received.split(b'\r\n\r\n', 1)
+  assert head.startswith(b'HTTP/1.1 408') and b'application/json' in head
+  assert 'did not arrive within 1.0 s' in json.loads(body)['error']
 
 
 def test_connections_over_the_cap_are_closed_at_once(server):
