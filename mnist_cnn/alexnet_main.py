@@ -130,12 +130,7 @@ def export_model(checkpoint_path, export_dir, image_shape, num_classes):
             sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
             signature_def_map=signatures, strip_default_attrs=True)
         builder.save()
-    # `images` has no fixed rank (flat or image-shaped rows); say which rows it takes.
-    flat = int(np.prod(image_shape))
-    export.write_serving_info(path, {
-        'compute_dtype': 'fp32',
-        'instance_shapes': {export.DEFAULT_SIGNATURE: {
-            export.IMAGES_INPUT: [[flat], list(image_shape)]}}})
+    export.write_serving_info(path, {'compute_dtype': 'fp32'})
   return export.export_atomically(export_dir, write)
 
 

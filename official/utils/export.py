@@ -22,9 +22,8 @@ import tensorflow as tf
 IMAGES_INPUT = 'images'
 IMAGE_BYTES_INPUT = 'image_bytes'
 DEFAULT_SIGNATURE = 'serving_default'
-# What an export needs to say beyond its signatures, read by our server and predict: the
-# per-instance shapes an input of unknown rank accepts ({signature: {input: [shapes]}}) and the
-# dtype its graph computes in. TF Serving ignores assets.extra apart from warm-up requests.
+# What an export needs to say beyond its signatures, for our server and predict: the dtype its
+# graph computes in. TF Serving ignores assets.extra apart from warm-up requests.
 SERVING_INFO = 'assets.extra/mnist_cnn.json'
 STAGING_PREFIX = '.tmp-export-'
 INT64_MAX = 2 ** 63 - 1
