@@ -40,7 +40,6 @@ import tensorflow as tf
 from mnist_cnn import serving
 from official.utils import export
 
-# /v1/models/{name}[/versions/{version}][:verb | /metadata]
 # /v1/models/{name}[/versions/{digits} | /labels/{label}][:verb | /metadata]: TF Serving's paths.
 # Another path under /v1/ is a malformed request (400), one outside it is not found (404).
 _MODEL_PATH = re.compile(r'^/v1/models/(?P<name>[^/:]+)'
@@ -344,7 +343,8 @@ class RestApi(object):
     return await self._infer_body(request, name, version, verb, raw)
 
   async def _infer_body(self, request, name, version, verb, raw):
-    body = await self._parse(len(raw), _load_json, raw)
+    size = len(raw)
+    body = await self._parse(size, _load_json, raw)
     del raw
     if not isinstance(body, dict):
       return _error(400, 'the request body must be a JSON object')
@@ -363,7 +363,7 @@ class RestApi(object):
         return _error(400, 'Expected %s signature method_name to be %s. Was: %s' % (
             verb, wanted, signature.method_name))
       feeds, row_format, rows = await self._parse(
-          request.content_length or 0, serving.parse_request, body, signature, self.limits)
+          size, serving.parse_request, body, signature, self.limits)
       del body
       outputs = await self.batcher.run(loaded, signature, feeds, rows)
       return web.Response(status=200, body=serving.format_response(outputs, row_format),
