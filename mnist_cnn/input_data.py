@@ -28,7 +28,7 @@ import zlib
 import numpy as np
 import tensorflow as tf
 
-from official.resnet import resnet_run_loop
+from official.utils import record_pipeline
 
 TRAIN_IMAGES = 'train-images-idx3-ubyte.gz'
 TRAIN_LABELS = 'train-labels-idx1-ubyte.gz'
@@ -505,7 +505,7 @@ def arrays_input_fn(images, labels, is_training, batch_size, num_epochs=1, dtype
       output_signature=(tf.TensorSpec([None, rows, cols], tf.uint8),
                         tf.TensorSpec([None], labels.dtype)))
   dataset = dataset.unbatch().cache()
-  return resnet_run_loop.process_record_dataset(
+  return record_pipeline.process_record_dataset(
       dataset, is_training, batch_size, shuffle_buffer=len(images),
       parse_record_fn=functools.partial(parse_record, shift_pixels=shift_pixels),
       num_epochs=num_epochs, dtype=dtype,

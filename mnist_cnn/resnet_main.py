@@ -26,6 +26,7 @@ from mnist_cnn import cli
 from mnist_cnn import input_data
 from official.resnet import resnet_model
 from official.resnet import resnet_run_loop
+from official.utils import record_pipeline
 from official.utils.flags import core as flags_core
 
 DATASET_NAME = 'MNIST'
@@ -93,7 +94,7 @@ def run_resnet(flags_obj):
     image_shape = (input_data.MNIST_HEIGHT, input_data.MNIST_WIDTH, input_data.NUM_CHANNELS)
     num_classes = input_data.MNIST_NUM_CLASSES
     num_train_images = SYNTHETIC_TRAIN_IMAGES
-    input_function = resnet_run_loop.get_synth_input_fn(*image_shape, num_classes)
+    input_function = record_pipeline.get_synth_input_fn(*image_shape, num_classes)
   else:
     raw = input_data.load_idx_dataset_cached(flags_obj.data_dir)
     image_shape = raw.train_images.shape[1:] + (input_data.NUM_CHANNELS,)

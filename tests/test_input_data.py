@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 
 from mnist_cnn import input_data
-from official.resnet import resnet_run_loop
+from official.utils import record_pipeline
 from tests import conftest
 
 
@@ -317,7 +317,7 @@ def test_input_fn_training_epoch_covers_each_example_once(idx_dir):
 
 
 def test_synthetic_input_fn_has_the_same_signature_and_covers_all_classes():
-  input_fn = resnet_run_loop.get_synth_input_fn(28, 28, 1, num_classes=10)
+  input_fn = record_pipeline.get_synth_input_fn(28, 28, 1, num_classes=10)
   batches = _take(lambda: input_fn(True, None, batch_size=512, seed=0), 1)
   images, labels = batches[0]
   assert images.shape == (512, 28, 28, 1) and images.dtype == np.float32

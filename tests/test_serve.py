@@ -23,11 +23,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_cnn import alexnet_main
-from mnist_cnn import resnet_main
 from mnist_cnn import serving
 from official.utils import export
-from tests import conftest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')

@@ -7,7 +7,6 @@ poll, a half-copied version never retried, a deleted one served on.
 """
 
 import asyncio
-import base64
 import concurrent.futures
 import io
 import json

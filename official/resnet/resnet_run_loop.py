@@ -1,4 +1,4 @@
-"""The Estimator run loop for ResNets: input pipeline, model_fn, train/evaluate/export, flags.
+"""The Estimator run loop for ResNets: model_fn, learning rate, train/evaluate/export, flags.
 
 In the spirit of the TensorFlow Model Garden's legacy `official/resnet/resnet_run_loop.py`,
 written for `tf.compat.v1` + `tf.estimator` on TensorFlow 2.15, without `tf.contrib`, and without
@@ -16,7 +16,6 @@ import sys
 import time
 
 from absl import flags
-import numpy as np
 import tensorflow as tf
 
 from official.resnet import resnet_model
@@ -30,93 +29,7 @@ from official.utils.logs import run_record
 
 DTYPES = {'fp32': tf.float32, 'fp16': tf.float16, 'bf16': tf.bfloat16}
 DEFAULT_LOSS_SCALE = {'fp32': 1, 'fp16': 128, 'bf16': 1}
-PROGRESS_EVERY_N_STEPS = 100
 KEEP_CHECKPOINTS = 5
-
-
-################################################################################
-# Input functions
-################################################################################
-
-
-def process_record_dataset(dataset, is_training, batch_size, shuffle_buffer, parse_record_fn,
-                           num_epochs=1, dtype=tf.float32, datasets_num_private_threads=None,
-                           drop_remainder=False, seed=None):
-  """Turns a dataset of raw records into batches of (features, labels).
-
-  Shuffles before repeating (so each epoch is a permutation), parses and batches in one
-  `map_and_batch`, and prefetches so the model never waits for input.
-
-  Args:
-    dataset: tf.data.Dataset of raw records.
-    is_training: shuffle when True.
-    batch_size: examples per batch.
-    shuffle_buffer: shuffle buffer size (the dataset size for a full shuffle).
-    parse_record_fn: fn(record, is_training, dtype) -> (features, label).
-    num_epochs: times to repeat the dataset (None: forever).
-    dtype: features dtype.
-    datasets_num_private_threads: a private thread pool of this size for the pipeline.
-    drop_remainder: drop a final short batch.
-    seed: shuffle seed.
-
-  Returns:
-    tf.data.Dataset of batches.
-  """
-  if is_training:
-    dataset = dataset.shuffle(buffer_size=shuffle_buffer, seed=seed,
-                              reshuffle_each_iteration=True)
-  dataset = dataset.repeat(num_epochs)
-  dataset = dataset.apply(tf.data.experimental.map_and_batch(
-      lambda *record: parse_record_fn(record, is_training, dtype),
-      batch_size=batch_size,
-      num_parallel_calls=tf.data.AUTOTUNE,
-      drop_remainder=drop_remainder))
-  dataset = dataset.prefetch(buffer_size=tf.data.AUTOTUNE)
-  if datasets_num_private_threads:
-    options = tf.data.Options()
-    options.threading.private_threadpool_size = datasets_num_private_threads
-    dataset = dataset.with_options(options)
-  return dataset
-
-
-def get_synth_input_fn(height, width, num_channels, num_classes):
-  """Returns an input function of random data with the signature of real ones.
-
-  One seeded random batch (pixels uniform in [0, 1], labels uniform over ALL classes) is made
-  with numpy and repeated forever: it measures the model, not the input pipeline.
-  """
-  def synth_input_fn(is_training, data_dir, batch_size, num_epochs=1, dtype=tf.float32,
-                     seed=None, **unused_kwargs):
-    del is_training, data_dir, num_epochs
-    rng = np.random.RandomState(seed)
-    images = rng.uniform(size=(batch_size, height, width, num_channels)).astype(np.float32)
-    labels = rng.randint(0, num_classes, size=batch_size).astype(np.int32)
-    dataset = tf.data.Dataset.from_tensors((tf.cast(images, dtype), labels)).repeat()
-    return dataset.prefetch(tf.data.AUTOTUNE)
-  return synth_input_fn
-
-
-def serving_input_fn(image_shape, image_bytes_default=False):
-  """Serving input with both signatures (see official/utils/export.py); `serving_default`
-  takes float images, or encoded images when image_bytes_default is set, and the other input
-  gets the Estimator's alternative signature `<input>:serving_default`."""
-  images_input, image_bytes_input, images = export.serving_inputs(image_shape)
-  receivers = {export.IMAGES_INPUT: {export.IMAGES_INPUT: images_input},
-               export.IMAGE_BYTES_INPUT: {export.IMAGE_BYTES_INPUT: image_bytes_input}}
-  default = export.IMAGE_BYTES_INPUT if image_bytes_default else export.IMAGES_INPUT
-  alternatives = {name: tensors for name, tensors in receivers.items() if name != default}
-  return tf.estimator.export.ServingInputReceiver(
-      images, receivers[default], receiver_tensors_alternatives=alternatives)
-
-
-def image_bytes_serving_input_fn(image_shape):
-  """Serving input whose default signature takes encoded images (`image_bytes`, [None])."""
-  return serving_input_fn(image_shape, image_bytes_default=True)
-
-
-def tensor_serving_input_fn(image_shape):
-  """Serving input whose default signature takes float images [None, h, w, c] (`images`)."""
-  return serving_input_fn(image_shape, image_bytes_default=False)
 
 
 def override_flags_and_set_envars_for_gpu_thread_pool(flags_obj):
@@ -283,69 +196,8 @@ def resnet_model_fn(features, labels, mode, params):
 
 
 ################################################################################
-# Progress and the main loop
+# The main loop
 ################################################################################
-
-
-class ProgressHook(tf.compat.v1.train.SessionRunHook):
-  """Prints step, loss, accuracy, learning rate, examples/second and the epoch's ETA."""
-
-  def __init__(self, batch_size, steps_per_epoch, every_n_steps=PROGRESS_EVERY_N_STEPS,
-               print_fn=print):
-    self._batch_size = batch_size
-    self._steps_per_epoch = steps_per_epoch
-    self._every_n_steps = every_n_steps
-    self._print = print_fn
-    self._last = None
-    self.loss_sum = 0.0
-    self.loss_steps = 0
-    self.num_parameters = None
-
-  @property
-  def mean_loss(self):
-    """Mean training cross-entropy over the steps of the last train() call (None if none)."""
-    return self.loss_sum / self.loss_steps if self.loss_steps else None
-
-  def begin(self):
-    # Each train() call starts timing and the loss average afresh.
-    self._last = None
-    self.loss_sum, self.loss_steps = 0.0, 0
-    self.num_parameters = run_record.count_parameters(tf.compat.v1.trainable_variables())
-    graph = tf.compat.v1.get_default_graph()
-    self._fetches = {name: graph.get_tensor_by_name(name + ':0')
-                     for name in ('cross_entropy', 'train_accuracy', 'learning_rate')}
-    self._fetches['global_step'] = tf.compat.v1.train.get_global_step()
-
-  def after_create_session(self, session, coord):
-    # The launcher of a local cluster waits for this line to start the workers.
-    step = session.run(self._fetches['global_step'])
-    self._print('%s at step %d' % (run_record.SESSION_READY, step))
-    sys.stdout.flush()
-
-  def before_run(self, run_context):
-    return tf.compat.v1.train.SessionRunArgs(self._fetches)
-
-  def after_run(self, run_context, run_values):
-    values = run_values.results
-    step = int(values['global_step'])
-    now = time.monotonic()
-    self.loss_sum += float(values['cross_entropy'])
-    self.loss_steps += 1
-    if self._last is None:
-      self._last = (step, now)
-      return
-    if step - self._last[0] < self._every_n_steps:
-      return
-    rate = (step - self._last[0]) * self._batch_size / (now - self._last[1])
-    epoch = step / self._steps_per_epoch
-    steps_left = self._steps_per_epoch - step % self._steps_per_epoch
-    eta = steps_left * self._batch_size / rate
-    self._print('step %d (epoch %.2f): loss %.4f, accuracy %.3f, learning rate %.5f, '
-                '%.1f examples/s, epoch ends in %dm%02ds' % (
-                    step, epoch, values['cross_entropy'], values['train_accuracy'],
-                    values['learning_rate'], rate, eta // 60, eta % 60))
-    sys.stdout.flush()
-    self._last = (step, now)
 
 
 def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
@@ -421,7 +273,7 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape,
   steps_per_epoch = math.ceil(num_train_images / batch_size)
   dtype = DTYPES[dtype_name]
   train_hooks = hooks_helper.get_train_hooks(flags_obj.hooks, model_dir, batch_size)
-  progress = ProgressHook(batch_size, steps_per_epoch)
+  progress = hooks_helper.ProgressHook(batch_size, steps_per_epoch)
   train_hooks.append(progress)
 
   def input_fn_train(num_epochs, input_context=None):
@@ -635,7 +487,7 @@ def _local_estimator(model_function, model_dir, params, seed):
 def _export_if_asked(classifier, flags_obj, shape, results):
   """Exports with --export_dir (if given) and adds 'export_path' to results, which it returns."""
   if flags_obj.export_dir:
-    receiver_fn = lambda: serving_input_fn(
+    receiver_fn = lambda: export.estimator_receiver(
         shape, image_bytes_default=flags_obj.image_bytes_as_serving_input)
     results['export_path'] = export.export_estimator(
         classifier, flags_obj.export_dir, receiver_fn,

@@ -104,6 +104,19 @@ def serving_inputs(image_shape, accept_flat=False):
   return images_input, image_bytes, images
 
 
+def estimator_receiver(image_shape, image_bytes_default=False):
+  """The Estimator's serving input with both signatures (above); `serving_default`
+  takes float images, or encoded images when image_bytes_default is set, and the other input
+  gets the Estimator's alternative signature `<input>:serving_default`."""
+  images_input, image_bytes_input, images = serving_inputs(image_shape)
+  receivers = {IMAGES_INPUT: {IMAGES_INPUT: images_input},
+               IMAGE_BYTES_INPUT: {IMAGE_BYTES_INPUT: image_bytes_input}}
+  default = IMAGE_BYTES_INPUT if image_bytes_default else IMAGES_INPUT
+  alternatives = {name: tensors for name, tensors in receivers.items() if name != default}
+  return tf.estimator.export.ServingInputReceiver(
+      images, receivers[default], receiver_tensors_alternatives=alternatives)
+
+
 def version_number(name):
   """The version a directory name stands for, or None: ASCII digits within int64 only.
 

@@ -5,10 +5,15 @@ StepCounterHook. The logged tensors are found by name in the graph, so each mode
 `cross_entropy`, `learning_rate` and `train_accuracy` with tf.identity.
 """
 
+import sys
+import time
+
 import tensorflow as tf
 
 from official.utils.flags import core as flags_core
+from official.utils.logs import run_record
 
+PROGRESS_EVERY_N_STEPS = 100
 # Tensors the models name for logging; a test checks that each exists in their graphs.
 TENSORS_TO_LOG = {
     'learning_rate': 'learning_rate',
@@ -122,3 +127,63 @@ class HookedSessionRunner(object):
     for hook in self._hooks:
       hook.end(self._session)
 
+
+class ProgressHook(tf.compat.v1.train.SessionRunHook):
+  """Prints step, loss, accuracy, learning rate, examples/second and the epoch's ETA."""
+
+  def __init__(self, batch_size, steps_per_epoch, every_n_steps=PROGRESS_EVERY_N_STEPS,
+               print_fn=print):
+    self._batch_size = batch_size
+    self._steps_per_epoch = steps_per_epoch
+    self._every_n_steps = every_n_steps
+    self._print = print_fn
+    self._last = None
+    self.loss_sum = 0.0
+    self.loss_steps = 0
+    self.num_parameters = None
+
+  @property
+  def mean_loss(self):
+    """Mean training cross-entropy over the steps of the last train() call (None if none)."""
+    return self.loss_sum / self.loss_steps if self.loss_steps else None
+
+  def begin(self):
+    # Each train() call starts timing and the loss average afresh.
+    self._last = None
+    self.loss_sum, self.loss_steps = 0.0, 0
+    self.num_parameters = run_record.count_parameters(tf.compat.v1.trainable_variables())
+    graph = tf.compat.v1.get_default_graph()
+    self._fetches = {name: graph.get_tensor_by_name(name + ':0')
+                     for name in ('cross_entropy', 'train_accuracy', 'learning_rate')}
+    self._fetches['global_step'] = tf.compat.v1.train.get_global_step()
+
+  def after_create_session(self, session, coord):
+    # The launcher of a local cluster waits for this line to start the workers.
+    step = session.run(self._fetches['global_step'])
+    self._print('%s at step %d' % (run_record.SESSION_READY, step))
+    sys.stdout.flush()
+
+  def before_run(self, run_context):
+    return tf.compat.v1.train.SessionRunArgs(self._fetches)
+
+  def after_run(self, run_context, run_values):
+    values = run_values.results
+    step = int(values['global_step'])
+    now = time.monotonic()
+    self.loss_sum += float(values['cross_entropy'])
+    self.loss_steps += 1
+    if self._last is None:
+      self._last = (step, now)
+      return
+    if step - self._last[0] < self._every_n_steps:
+      return
+    rate = (step - self._last[0]) * self._batch_size / (now - self._last[1])
+    epoch = step / self._steps_per_epoch
+    steps_left = self._steps_per_epoch - step % self._steps_per_epoch
+    eta = steps_left * self._batch_size / rate
+    self._print('step %d (epoch %.2f): loss %.4f, accuracy %.3f, learning rate %.5f, '
+                '%.1f examples/s, epoch ends in %dm%02ds' % (
+                    step, epoch, values['cross_entropy'], values['train_accuracy'],
+                    values['learning_rate'], rate, eta // 60, eta % 60))
+    sys.stdout.flush()
+    self._last = (step, now)

@@ -1,0 +1,65 @@
+"""The tf.data record pipeline every Estimator input shares, and its synthetic stand-in.
+
+Kept apart from the run loops so that the data layer (mnist_cnn/input_data.py) depends on
+nothing above it: importing the data module loads no model, run loop or cluster code.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+
+def process_record_dataset(dataset, is_training, batch_size, shuffle_buffer, parse_record_fn,
+                           num_epochs=1, dtype=tf.float32, datasets_num_private_threads=None,
+                           drop_remainder=False, seed=None):
+  """Turns a dataset of raw records into batches of (features, labels).
+
+  Shuffles before repeating (so each epoch is a permutation), parses and batches in one
+  `map_and_batch`, and prefetches so the model never waits for input.
+
+  Args:
+    dataset: tf.data.Dataset of raw records.
+    is_training: shuffle when True.
+    batch_size: examples per batch.
+    shuffle_buffer: shuffle buffer size (the dataset size for a full shuffle).
+    parse_record_fn: fn(record, is_training, dtype) -> (features, label).
+    num_epochs: times to repeat the dataset (None: forever).
+    dtype: features dtype.
+    datasets_num_private_threads: a private thread pool of this size for the pipeline.
+    drop_remainder: drop a final short batch.
+    seed: shuffle seed.
+
+  Returns:
+    tf.data.Dataset of batches.
+  """
+  if is_training:
+    dataset = dataset.shuffle(buffer_size=shuffle_buffer, seed=seed,
+                              reshuffle_each_iteration=True)
+  dataset = dataset.repeat(num_epochs)
+  dataset = dataset.apply(tf.data.experimental.map_and_batch(
+      lambda *record: parse_record_fn(record, is_training, dtype),
+      batch_size=batch_size,
+      num_parallel_calls=tf.data.AUTOTUNE,
+      drop_remainder=drop_remainder))
+  dataset = dataset.prefetch(buffer_size=tf.data.AUTOTUNE)
+  if datasets_num_private_threads:
+    options = tf.data.Options()
+    options.threading.private_threadpool_size = datasets_num_private_threads
+    dataset = dataset.with_options(options)
+  return dataset
+
+
+def get_synth_input_fn(height, width, num_channels, num_classes):
+  """Returns an input function of random data with the signature of real ones.
+
+  One seeded random batch (pixels uniform in [0, 1], labels uniform over ALL classes) is made
+  with numpy and repeated forever: it measures the model, not the input pipeline.
+  """
+  def synth_input_fn(is_training, data_dir, batch_size, num_epochs=1, dtype=tf.float32,
+                     seed=None, **unused_kwargs):
+    del is_training, data_dir, num_epochs
+    rng = np.random.RandomState(seed)
+    images = rng.uniform(size=(batch_size, height, width, num_channels)).astype(np.float32)
+    labels = rng.randint(0, num_classes, size=batch_size).astype(np.int32)
+    dataset = tf.data.Dataset.from_tensors((tf.cast(images, dtype), labels)).repeat()
+    return dataset.prefetch(tf.data.AUTOTUNE)
+  return synth_input_fn
