@@ -164,6 +164,7 @@ def test_checkpoint_save_and_restore_give_identical_predictions(tmp_path):
   np.testing.assert_array_equal(predictions[0], predictions[1])
 
 
+@pytest.mark.slow
 def test_run_trains_resumes_and_exports(tmp_path, learnable_idx_dir):
   model_dir, export_dir = str(tmp_path / 'model'), str(tmp_path / 'export')
   common = ['--data_dir=%s' % learnable_idx_dir, '--model_dir=%s' % model_dir,
@@ -263,6 +264,7 @@ def test_bad_flag_on_the_command_line_exits_non_zero_with_the_message():
   assert '--dropout is a keep probability and must be in (0, 1]' in result.stderr
 
 
+@pytest.mark.slow
 def test_interrupted_run_keeps_its_last_checkpoint(tmp_path, learnable_idx_dir):
   model_dir = str(tmp_path / 'model')
   process = subprocess.Popen(
@@ -285,6 +287,7 @@ def test_interrupted_run_keeps_its_last_checkpoint(tmp_path, learnable_idx_dir):
   assert records[-1]['event'] == 'interrupted'
 
 
+@pytest.mark.slow
 def test_feeding_benchmark_runs_in_smoke_mode():
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, 'benchmarks', 'alexnet_feeding.py'),

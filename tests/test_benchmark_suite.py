@@ -5,9 +5,12 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_suite_runs_in_smoke_mode():
   result = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'suite.py'),
                            '--smoke'], capture_output=True, text=True, cwd=REPO, timeout=1200,

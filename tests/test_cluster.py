@@ -150,6 +150,7 @@ def test_member_commands_build_the_host_flags_of_one_cluster():
   assert sum(a.startswith('--distribution_strategy') for a in chosen[0][1]) == 1
 
 
+@pytest.mark.slow
 def test_parameter_server_cluster_trains_to_its_steps_and_the_chief_exports(tmp_path):
   model_dir, export_dir = tmp_path / 'model', tmp_path / 'export'
   # The evaluator works through the checkpoints after the chief ends: on a loaded machine that
@@ -186,6 +187,7 @@ def test_parameter_server_cluster_trains_to_its_steps_and_the_chief_exports(tmp_
   assert any(name.startswith('events.') for name in os.listdir(str(model_dir / 'eval')))
 
 
+@pytest.mark.slow
 def test_multi_worker_mirrored_cluster_trains_in_step(tmp_path):
   model_dir = tmp_path / 'model'
   run = _launcher(model_dir, '--workers=2', main_flags=['--max_train_steps=200'])
@@ -198,6 +200,7 @@ def test_multi_worker_mirrored_cluster_trains_in_step(tmp_path):
     assert json.load(f)['replicas'] == 2
 
 
+@pytest.mark.slow
 def test_a_killed_worker_rejoins_and_training_finishes_consistently(tmp_path):
   model_dir = tmp_path / 'model'
   ps_port, chief_port, worker_port = launch_local_cluster.free_ports(3)
@@ -236,6 +239,7 @@ def test_a_killed_worker_rejoins_and_training_finishes_consistently(tmp_path):
   assert steps == sorted(steps) and steps[-1] <= 1502
 
 
+@pytest.mark.slow
 def test_rerunning_after_the_chief_dies_resumes_from_its_checkpoint(tmp_path):
   model_dir = tmp_path / 'model'
   args = ('--workers=2', '--ps=1', '--grace_s=5')
@@ -257,6 +261,7 @@ def test_rerunning_after_the_chief_dies_resumes_from_its_checkpoint(tmp_path):
   assert min(_steps(rerun.lines, 'chief')) > saved
 
 
+@pytest.mark.slow
 def test_a_member_that_cannot_reach_the_others_fails_naming_the_address(tmp_path):
   dead_ps, chief_port, worker_port = launch_local_cluster.free_ports(3)
   members = dict(launch_local_cluster.member_commands(
@@ -323,6 +328,7 @@ def test_the_launcher_refuses_host_flags_after_the_separator(tmp_path):
   assert 'the launcher sets --worker_hosts' in result.stderr
 
 
+@pytest.mark.slow
 def test_under_multi_worker_mirrored_a_lost_worker_stops_the_chief_and_a_rerun_resumes(tmp_path):
   # A dead peer aborts the collectives for good in the surviving process, so the chief cannot
   # wait for a restarted worker: it exits naming the lost one, and a rerun resumes.
@@ -346,6 +352,7 @@ def test_under_multi_worker_mirrored_a_lost_worker_stops_the_chief_and_a_rerun_r
   assert _checkpoint_step(model_dir) == 1500
 
 
+@pytest.mark.slow
 def test_the_scaling_benchmark_prints_a_row_per_configuration():
   result = subprocess.run(
       [sys.executable, 'benchmarks/cluster_scaling.py', '--steps=500', '--',
@@ -375,6 +382,7 @@ def test_the_scaling_benchmark_takes_the_steady_rate_of_the_chief():
   assert cluster_scaling.steady_rate(output.splitlines()[0]) is None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('sig, code', [(signal.SIGINT, 130), (signal.SIGKILL, -signal.SIGKILL)])
 def test_no_member_outlives_the_launcher(tmp_path, sig, code):
   # Ctrl-C stops every member in order; even a killed launcher takes them along (Linux).

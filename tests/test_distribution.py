@@ -193,6 +193,7 @@ def _mirrored(tmp_path, *argv):
                         capture_output=True, text=True, env=ENV, cwd=REPO, timeout=600)
 
 
+@pytest.mark.slow
 def test_mirrored_over_two_logical_cpus_trains_and_evaluates(tmp_path):
   result = _mirrored(tmp_path, '--batch_size=8', '--max_train_steps=3')
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]

@@ -218,6 +218,7 @@ def test_command_line_rejects_bad_arguments(tmp_path, make_args, message):
   assert not os.path.exists(str(tmp_path / 'o'))
 
 
+@pytest.mark.slow
 def test_alexnet_script_ends_with_the_comparison_page(tmp_path, learnable_idx_dir):
   """run_alexnet.sh trains its three runs on tiny data and writes the page of all runs."""
   runs = tmp_path / 'runs'

@@ -272,6 +272,7 @@ def _run_main(tmp_path, data_dir, extra=(), name='model'):
   return resnet_main.run_resnet(make_flags(argv))
 
 
+@pytest.mark.slow
 def test_end_to_end_on_tiny_idx_data_with_export_loaded_in_a_fresh_process(
     tmp_path, learnable_idx_dir):
   export_dir = str(tmp_path / 'export')
@@ -313,6 +314,7 @@ def test_end_to_end_on_tiny_idx_data_with_export_loaded_in_a_fresh_process(
   np.testing.assert_allclose(exported, predicted, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_continues_to_the_target_and_does_not_retrain(tmp_path, learnable_idx_dir):
   first = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=1'])
   assert first['global_step'] == 8
@@ -333,6 +335,7 @@ def test_stop_threshold_stops_after_the_first_evaluation_that_reaches_it(
   assert len(run_record.read_metrics(str(tmp_path / 'model'))) == 1
 
 
+@pytest.mark.slow
 def test_synthetic_data_run_with_max_train_steps_and_image_bytes_export(tmp_path):
   export_dir = str(tmp_path / 'export')
   results = resnet_main.run_resnet(make_flags([
@@ -365,6 +368,7 @@ def test_broken_data_file_exits_with_one_line(tmp_path, learnable_idx_dir):
       'error: t10k-images-idx3-ubyte.gz: corrupt gzip stream')
 
 
+@pytest.mark.slow
 def test_run_resnet_script_end_to_end_on_tiny_data(tmp_path, learnable_idx_dir):
   runs = str(tmp_path / 'runs')
   env = dict(ENV, DATA_DIR=learnable_idx_dir, RUNS_DIR=runs, PYTHON=sys.executable,
@@ -388,6 +392,7 @@ def test_run_resnet_script_end_to_end_on_tiny_data(tmp_path, learnable_idx_dir):
   assert 'step ' not in result.stdout or 'examples/s' in result.stdout
 
 
+@pytest.mark.slow
 def test_stem_benchmark_runs_in_smoke_mode():
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, 'benchmarks', 'resnet_stems.py'), '--batch_size=2',
@@ -399,6 +404,7 @@ def test_stem_benchmark_runs_in_smoke_mode():
   assert [row.split('|')[1].strip() for row in rows] == ['mnist', 'cifar', 'imagenet']
 
 
+@pytest.mark.slow
 def test_warm_start_with_fine_tune_keeps_pretrained_convolutions(tmp_path, learnable_idx_dir):
   _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=1'], name='pretrained')
   pretrained = tf.train.latest_checkpoint(str(tmp_path / 'pretrained'))
@@ -414,6 +420,7 @@ def test_warm_start_with_fine_tune_keeps_pretrained_convolutions(tmp_path, learn
   assert not np.array_equal(after.get_tensor(dense), before.get_tensor(dense))
 
 
+@pytest.mark.slow
 def test_pipeline_benchmark_runs_in_smoke_mode():
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, 'benchmarks', 'resnet_pipeline.py'),

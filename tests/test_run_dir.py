@@ -87,6 +87,7 @@ def test_alexnet_resumes_from_the_newest_intact_checkpoint(tmp_path, data_dir, c
   assert tf.train.latest_checkpoint(model_dir).endswith('model.ckpt-%d' % result['global_step'])
 
 
+@pytest.mark.slow
 def test_resnet_resumes_from_the_newest_intact_checkpoint(tmp_path, capsys):
   model_dir = str(tmp_path / 'model')
   _resnet(model_dir, '--max_train_steps=3', '--train_epochs=1')
@@ -139,6 +140,7 @@ def test_corrupt_data_file_is_skipped_naming_why(tmp_path, data_dir, capsys):
 ################################################################################
 
 
+@pytest.mark.slow
 def test_kill_9_leftovers_are_recovered_on_the_next_start(tmp_path, data_dir):
   model_dir, export_dir = str(tmp_path / 'model'), str(tmp_path / 'export')
   process = subprocess.Popen(

@@ -164,6 +164,7 @@ def test_exports_have_both_signatures_with_the_same_outputs(exports, model):
     loaded.close_when_drained()
 
 
+@pytest.mark.slow
 def test_saved_model_cli_lists_and_runs_both_signatures(exports, tmp_path):
   cli = os.path.join(os.path.dirname(sys.executable), 'saved_model_cli')
   shown = subprocess.run([cli, 'show', '--dir', exports['alexnet'], '--all'], env=ENV,
@@ -308,6 +309,7 @@ def test_body_over_the_limit_gets_413_and_the_server_goes_on(exports, serve_dir)
 ################################################################################
 
 
+@pytest.mark.slow
 def test_new_version_is_picked_up_while_requests_keep_succeeding(exports, serve_dir):
   server = Server(serve_dir)
   try:
@@ -367,6 +369,7 @@ def _wait_for_version(server, version, timeout=60):
   raise AssertionError('version %s never served; log:\n%s' % (version, ''.join(server.output)))
 
 
+@pytest.mark.slow
 def test_sixteen_clients_mixed_valid_and_invalid_requests(exports, alexnet_server):
   images = _images(32, seed=3)
   want = _in_process(exports['alexnet'], 'serving_default', {'images': images})['classes']
@@ -505,6 +508,7 @@ def test_predict_cli_reports_files_that_are_not_images(exports, tmp_path):
   assert lines[2].startswith('%s: error: cannot read' % (tmp_path / 'missing.png'))
 
 
+@pytest.mark.slow
 def test_serving_benchmark_runs_in_smoke_mode(exports):
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, 'benchmarks', 'serving.py'),

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ALEXNET_FLAGS = ['--batch_size=50', '--validation_size=0', '--optimizer=adam',
                  '--learning_rate=0.001', '--train_epochs=6']
@@ -36,6 +38,7 @@ def test_reached_target_reports_minutes_and_the_epoch(learnable_idx_dir, tmp_pat
   assert len(epochs) == int(row[5])
 
 
+@pytest.mark.slow
 def test_unreached_target_says_so_and_exits_1(learnable_idx_dir, tmp_path):
   # A learning rate this small leaves the model near chance (0.1) for all 2 epochs.
   result = _run(learnable_idx_dir, 0.9, tmp_path, ['--learning_rate=1e-12', '--train_epochs=2'])
