@@ -97,14 +97,14 @@ def _checkpoint_files(model_dir, prefix):
           name.startswith(base + '.data-')]
 
 
-def _why_unreadable(prefix):
-  """None when every tensor of the checkpoint reads back (the reader checks each one's
-  checksum), else a short reason."""
+def _why_unreadable(prefix, every_tensor):
+  """None when the checkpoint's index reads and, with every_tensor, every tensor reads back too
+  (the reader checks each one's checksum); else a short reason."""
   if not os.path.exists(prefix + '.index'):
     return 'its .index file is missing'
   try:
     reader = tf.train.load_checkpoint(prefix)
-    for name in reader.get_variable_to_shape_map():
+    for name in reader.get_variable_to_shape_map() if every_tensor else ():
       reader.get_tensor(name)
   except Exception as e:  # pylint: disable=broad-except
     message = str(e).strip().splitlines()
@@ -165,7 +165,8 @@ def recover_checkpoints(model_dir, max_to_keep, log=print):
   for prefix in candidates:
     if len(intact) == max_to_keep:
       break
-    why = _why_unreadable(prefix)
+    # Only the one resumed from is read whole: older ones kept are checked by their index.
+    why = _why_unreadable(prefix, every_tensor=not intact)
     if why is None:
       intact.append(prefix)
     elif not intact:
