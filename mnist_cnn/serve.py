@@ -124,8 +124,7 @@ class ModelManager(object):
     self._failed = {}  # version -> (attempts, monotonic time of the next try)
 
   def _due(self, version):
-    attempts, next_try = self._failed.get(version, (0, 0.0))
-    return time.monotonic() >= next_try
+    return time.monotonic() >= self._failed.get(version, (0, 0.0))[1]
 
   def _record_failure(self, version, path, error):
     attempts = self._failed.get(version, (0, 0.0))[0] + 1

@@ -121,11 +121,6 @@ class LoadedVersion(object):
           path, message.strip().split('\n')[0])) from None
     self.signature_defs = dict(meta_graph.signature_def)
     self.signatures = {name: Signature(name, sd) for name, sd in self.signature_defs.items()}
-    try:
-      self.info = export.read_serving_info(path)
-    except (OSError, ValueError) as e:
-      self._session.close()
-      raise ValueError('cannot read %s in %s: %s' % (export.SERVING_INFO, path, e)) from None
     self._callables = {}
     self._lock = threading.Lock()
     self._in_flight = 0
@@ -518,12 +513,10 @@ class Batcher(object):
   async def run(self, version, signature, feeds, rows):
     """The outputs of one request, computed alone, in a batch with others, or in parts."""
     self._start()
-    if rows is None or not signature.batchable or self._max_rows <= 1:
+    if rows is None or not signature.batchable or self._max_rows <= 1 or rows == self._max_rows:
       return await self._alone(version, signature, feeds)
     if rows > self._max_rows:
       return await self._in_parts(version, signature, feeds, rows)
-    if rows == self._max_rows:
-      return await self._alone(version, signature, feeds)
     loop = asyncio.get_running_loop()
     key = (id(version), signature.name,
            tuple(sorted((k, a.dtype.str, a.shape[1:]) for k, a in feeds.items())))
@@ -553,7 +546,7 @@ class Batcher(object):
     for start in range(0, rows, self._max_rows):
       part = {k: v[start:start + self._max_rows] for k, v in feeds.items()}
       outputs = await self._alone(version, signature, part)
-      if not _rows_match(outputs, len(next(iter(part.values())))):
+      if not _rows_match(outputs, min(self._max_rows, rows - start)):
         return await self._alone(version, signature, feeds)
       parts.append(outputs)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -22,8 +22,9 @@ import tensorflow as tf
 IMAGES_INPUT = 'images'
 IMAGE_BYTES_INPUT = 'image_bytes'
 DEFAULT_SIGNATURE = 'serving_default'
-# What an export needs to say beyond its signatures, for our server and predict: the dtype its
-# graph computes in. TF Serving ignores assets.extra apart from warm-up requests.
+# What an export needs to say beyond its signatures: the dtype its graph computes in (a bf16
+# ResNet computes in bf16 wherever it is served). TF Serving ignores assets.extra apart from
+# warm-up requests.
 SERVING_INFO = 'assets.extra/mnist_cnn.json'
 STAGING_PREFIX = '.tmp-export-'
 INT64_MAX = 2 ** 63 - 1
@@ -176,7 +177,7 @@ def _alive(pid):
   except ProcessLookupError:
     return False
   except PermissionError:
-    return True
+    pass  # alive, and another user's
   return True
 
 

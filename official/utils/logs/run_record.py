@@ -74,15 +74,14 @@ def append_metrics(model_dir, metrics):
 def commit_epoch(model_dir, record, save_checkpoint):
   """Saves an epoch's checkpoint and records its metrics so that one never exists without the
   other: the record is put aside first, and a run killed between the two writes finds it there
-  on its next start (settle_pending). Returns what save_checkpoint returned."""
+  on its next start (settle_pending)."""
   record = dict(record)
   record.setdefault('timestamp', time.time())
   pending = os.path.join(model_dir, PENDING_FILE)
   write_json_atomic(pending, record)
-  saved = save_checkpoint()
+  save_checkpoint()
   append_metrics(model_dir, record)
   os.remove(pending)
-  return saved
 
 
 def settle_pending(model_dir, resumed_step):
@@ -98,7 +97,7 @@ def settle_pending(model_dir, resumed_step):
     with open(pending) as f:
       record = json.load(f)
   except ValueError:
-    record = None  # cut short before its atomic rename cannot happen; garbage is dropped
+    record = None  # written atomically, so never half a file; anything else is dropped
   added = None
   if (isinstance(record, dict) and resumed_step is not None and
       record.get('global_step') == resumed_step and not any(
