@@ -2,6 +2,8 @@
 
   python benchmarks/alexnet_feeding.py [--batch_size=100] [--rounds=5] [--steps_per_window=30]
 
+`measure(...)` returns the rates ({variant: [examples/s per window]}); the suite calls it.
+
 The same architecture and optimizer three ways:
 - placeholder: the report's Session loop, batches fed from in-memory arrays via next_batch;
 - tf.data: the same graph with x and y taken from a tf.data iterator (shuffle, batch, prefetch);
@@ -20,11 +22,6 @@ import tensorflow as tf
 from mnist_cnn import alexnet_model
 from mnist_cnn import input_data
 
-flags.DEFINE_integer('batch_size', 100, 'Batch size.')
-flags.DEFINE_integer('rounds', 5, 'Interleaved timing windows per variant.')
-flags.DEFINE_integer('steps_per_window', 30, 'Training steps per window.')
-flags.DEFINE_integer('num_examples', 10000, 'Size of the in-memory training set.')
-flags.DEFINE_float('learning_rate', 0.02, 'Adadelta learning rate.')
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 
@@ -91,22 +88,27 @@ def _keras_runner(data, batch_size, learning_rate):
   return run
 
 
-def main(_):
-  f = flags.FLAGS
-  data = input_data.synthetic_data_sets(num_train=f.num_examples, num_test=1, one_hot=True).train
+def measure(batch_size=100, rounds=5, steps_per_window=30, num_examples=10000,
+            learning_rate=0.02):
+  """{variant: [examples/s of each interleaved window]} for the three variants."""
+  data = input_data.synthetic_data_sets(num_train=num_examples, num_test=1, one_hot=True).train
   runners = {
-      'placeholder': _placeholder_runner(data, f.batch_size, f.learning_rate),
-      'tf.data': _tf_data_runner(data, f.batch_size, f.learning_rate),
-      'keras': _keras_runner(data, f.batch_size, f.learning_rate),
+      'placeholder': _placeholder_runner(data, batch_size, learning_rate),
+      'tf.data': _tf_data_runner(data, batch_size, learning_rate),
+      'keras': _keras_runner(data, batch_size, learning_rate),
   }
   for run in runners.values():
     run(3)  # warm-up
   rates = {name: [] for name in runners}
-  for _ in range(f.rounds):
+  for _ in range(rounds):
     for name, run in runners.items():
       started = time.perf_counter()
-      run(f.steps_per_window)
-      rates[name].append(f.steps_per_window * f.batch_size / (time.perf_counter() - started))
+      run(steps_per_window)
+      rates[name].append(steps_per_window * batch_size / (time.perf_counter() - started))
+  return rates
+
+
+def print_table(rates):
   keras = statistics.median(rates['keras'])
   print('| variant | examples/s median (min-max) | ratio to keras |')
   print('|---|---:|---:|')
@@ -116,5 +118,16 @@ def main(_):
                                                  median / keras))
 
 
+def main(_):
+  f = flags.FLAGS
+  print_table(measure(f.batch_size, f.rounds, f.steps_per_window, f.num_examples,
+                      f.learning_rate))
+
+
 if __name__ == '__main__':
+  flags.DEFINE_integer('batch_size', 100, 'Batch size.')
+  flags.DEFINE_integer('rounds', 5, 'Interleaved timing windows per variant.')
+  flags.DEFINE_integer('steps_per_window', 30, 'Training steps per window.')
+  flags.DEFINE_integer('num_examples', 10000, 'Size of the in-memory training set.')
+  flags.DEFINE_float('learning_rate', 0.02, 'Adadelta learning rate.')
   app.run(main)

@@ -79,15 +79,33 @@ def main(argv=None):
   parser.add_argument('--data_dir', default=None, help='IDX files (default: synthetic data)')
   parser.add_argument('--steps', type=int, default=400, help='training steps per configuration')
   parser.add_argument('--rounds', type=int, default=1)
+  parser.add_argument('--configs', default=None,
+                      help='comma-separated numbers of the configurations to run (1-%d; the '
+                           'first, one process, always runs as the base)' % len(CONFIGS))
   parser.add_argument('extra_flags', nargs='*', help='resnet_main flags, after --')
   args = parser.parse_args(argv)
-  main_flags = ['--max_train_steps=%d' % args.steps] + args.extra_flags
-  main_flags.append('--data_dir=' + args.data_dir if args.data_dir else '--use_synthetic_data')
+  main_flags = ['--max_train_steps=%d' % args.steps]
+  if args.data_dir:
+    main_flags.append('--data_dir=' + args.data_dir)
+  else:  # 1,024 synthetic images are a few steps an epoch: --steps decides the length, in one
+    # training cycle as on real data
+    main_flags += ['--use_synthetic_data', '--train_epochs=100000',
+                   '--epochs_between_evals=100000']
+  main_flags += args.extra_flags  # last, so that they win
+  configs = CONFIGS
+  if args.configs:
+    try:
+      chosen = {int(n) for n in args.configs.split(',')} | {1}
+    except ValueError:
+      chosen = set()
+    if not chosen or not chosen <= set(range(1, len(CONFIGS) + 1)):
+      parser.error('--configs takes numbers from 1 to %d' % len(CONFIGS))
+    configs = [c for i, c in enumerate(CONFIGS, 1) if i in chosen]
   work = tempfile.mkdtemp(prefix='cluster_scaling-')
-  rates = {name: [] for name, _, _ in CONFIGS}
+  rates = {name: [] for name, _, _ in configs}
   try:
     for _ in range(args.rounds):
-      for name, launcher_args, strategy in CONFIGS:
+      for name, launcher_args, strategy in configs:
         rate = run_one(launcher_args, strategy, main_flags, work)
         if rate is None:
           sys.exit('error: %s printed fewer than two progress lines; raise --steps' % name)

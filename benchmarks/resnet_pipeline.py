@@ -7,16 +7,21 @@ All train the MNIST ResNet (same size, stem, widths, batch, momentum SGD) from t
 pipeline (input_data.arrays_input_fn: cache, shuffle, map_and_batch with pixel shifts,
 prefetch):
 - estimator: tf.estimator.Estimator with resnet_model_fn in fp32, one long train() call;
-- estimator_bf16: a second Estimator with --dtype=bf16's graph (bfloat16 compute, float32
-  variables), trained in its own thread a window at a time (with --bf16; it needs a CPU with
-  AVX512-BF16 or AMX to mean anything);
+- estimator_bf16: a second Estimator computing in bf16 as resnet_main's --dtype=bf16 does (on a
+  CPU the oneDNN rewrite of the fp32 graph; float32 variables), trained in its own thread a
+  window at a time (with --bf16; it needs a CPU with AVX512-BF16 or AMX to mean anything);
+- estimator_bf16_casts: the same, computing in bfloat16 by casts inside the model instead;
 - session: resnet_model_fn's fp32 TRAIN graph run in a plain tf.compat.v1.Session loop;
 - keras: the same architecture written with tf.keras layers, fp32, trained with fit.
 The windows are interleaved in one run: a hook inside the fp32 Estimator's train() call times
 its steps and, between its windows, runs a window of each of the others, so that machine noise
 hits all alike. Prints median (min-max) examples/second and ratios.
+
+`measure(Config(...))` returns the rates ({variant: [examples/s per window]}); the suite calls
+it.
 """
 
+import dataclasses
 import os
 import statistics
 import tempfile
@@ -25,22 +30,47 @@ import time
 
 from absl import app
 from absl import flags
-import numpy as np
 import tensorflow as tf
 
 from mnist_cnn import input_data
 from mnist_cnn import resnet_main
 from official.resnet import resnet_run_loop
+from official.utils import lifecycle
+from official.utils import precision
+from official.utils import session_config
 
-flags.DEFINE_string('data_dir', None, 'IDX files to train on (default: random images).')
-flags.DEFINE_integer('resnet_size', 18, 'ResNet size (18 or 34: building blocks).')
-flags.DEFINE_integer('num_filters', 64, 'Filters of the first stage.')
-flags.DEFINE_enum('stem', 'mnist', list(resnet_main.STEMS), 'Stem.')
-flags.DEFINE_integer('batch_size', 128, 'Batch size.')
-flags.DEFINE_integer('rounds', 5, 'Timing windows per variant.')
-flags.DEFINE_integer('steps_per_window', 10, 'Training steps per window.')
-flags.DEFINE_integer('warmup_steps', 5, 'Untimed steps before the first window.')
-flags.DEFINE_boolean('bf16', True, 'Include the bf16 Estimator.')
+
+
+@dataclasses.dataclass(frozen=True)
+class Config(object):
+  """What one measurement trains (the command's flags, as values)."""
+  data_dir: str = None
+  resnet_size: int = 18
+  num_filters: int = 64
+  stem: str = 'mnist'
+  batch_size: int = 128
+  rounds: int = 5
+  steps_per_window: int = 10
+  warmup_steps: int = 5
+  bf16: bool = True
+
+
+def _define_flags():
+  defaults = Config()
+  flags.DEFINE_string('data_dir', None, 'IDX files to train on (default: random images).')
+  flags.DEFINE_integer('resnet_size', defaults.resnet_size,
+                       'ResNet size (18 or 34: building blocks).')
+  flags.DEFINE_integer('num_filters', defaults.num_filters, 'Filters of the first stage.')
+  flags.DEFINE_enum('stem', defaults.stem, list(resnet_main.STEMS), 'Stem.')
+  flags.DEFINE_integer('batch_size', defaults.batch_size, 'Batch size.')
+  flags.DEFINE_integer('rounds', defaults.rounds, 'Timing windows per variant.')
+  flags.DEFINE_integer('steps_per_window', defaults.steps_per_window,
+                       'Training steps per window.')
+  flags.DEFINE_integer('warmup_steps', defaults.warmup_steps,
+                       'Untimed steps before the first window.')
+  flags.DEFINE_boolean('bf16', defaults.bf16, 'Include the bf16 Estimator.')
+
+
 LEARNING_RATE = 0.01
 MOMENTUM = 0.9
 NUM_CLASSES = 10
@@ -50,9 +80,8 @@ def _arrays(data_dir):
   if data_dir:
     raw = input_data.load_idx_dataset_cached(data_dir)
     return raw.train_images, raw.train_labels
-  rng = np.random.RandomState(0)
-  return (rng.randint(0, 256, (10000, 28, 28)).astype(np.uint8),
-          rng.randint(0, NUM_CLASSES, 10000).astype(np.uint8))
+  raw = input_data.synthetic_raw_data(num_train=10000, num_test=1)
+  return raw.train_images, raw.train_labels
 
 
 def _params(f, dtype='fp32'):
@@ -65,9 +94,10 @@ def _params(f, dtype='fp32'):
           'learning_rate_fn': lambda step: tf.constant(LEARNING_RATE)}
 
 
-def _quiet_config():
+def _quiet_config(onednn_bf16=False):
   return tf.estimator.RunConfig(save_checkpoints_secs=None, save_checkpoints_steps=10 ** 9,
-                                save_summary_steps=10 ** 9, log_step_count_steps=10 ** 9)
+                                save_summary_steps=10 ** 9, log_step_count_steps=10 ** 9,
+                                session_config=session_config.make(0, 0, onednn_bf16))
 
 
 class _GateHook(tf.compat.v1.train.SessionRunHook):
@@ -94,12 +124,19 @@ class _GateHook(tf.compat.v1.train.SessionRunHook):
       self.finished.release()
 
 
-def _stepped_estimator_runner(f, dataset_fn, dtype, model_dir):
+def _stepped_estimator_runner(f, dataset_fn, dtype, model_dir, casts=False):
   """An Estimator trained in a background thread, a granted number of steps at a time; the
-  runner returned blocks until its steps are done. Call .close() to end the thread."""
+  runner returned blocks until its steps are done. Call .close() to end the thread.
+
+  It computes in dtype as resnet_main does (on a CPU, bf16 is the oneDNN rewrite of the fp32
+  graph), or with casts=True by casting inside the model, as resnet_main did before."""
   gate = _GateHook()
+  plan = precision.plan(dtype, has_gpu=bool(tf.config.list_physical_devices('GPU')))
+  if casts:
+    plan = precision.Plan(dtype, dtype, False)
   estimator = tf.estimator.Estimator(resnet_run_loop.resnet_model_fn, model_dir=model_dir,
-                                     config=_quiet_config(), params=_params(f, dtype))
+                                     config=_quiet_config(plan.onednn_bf16),
+                                     params=_params(f, plan.graph_dtype))
   errors = []
 
   def train():
@@ -235,8 +272,8 @@ class _InterleavingHook(tf.compat.v1.train.SessionRunHook):
       self._window_start = time.perf_counter()
 
 
-def main(_):
-  f = flags.FLAGS
+def measure(f):
+  """{variant: [examples/s of each interleaved window]} for Config f."""
   images, labels = _arrays(f.data_dir)
 
   def dataset_fn():
@@ -248,6 +285,8 @@ def main(_):
     if f.bf16:
       others['estimator_bf16'] = _stepped_estimator_runner(
           f, dataset_fn, 'bf16', os.path.join(model_dir, 'bf16'))
+      others['estimator_bf16_casts'] = _stepped_estimator_runner(
+          f, dataset_fn, 'bf16', os.path.join(model_dir, 'bf16_casts'), casts=True)
     others.update(session=_session_runner(f, dataset_fn), keras=_keras_runner(f, dataset_fn))
     rates = {name: [] for name in ['estimator'] + list(others)}
     estimator = tf.estimator.Estimator(resnet_run_loop.resnet_model_fn,
@@ -259,6 +298,10 @@ def main(_):
       for run in others.values():
         if hasattr(run, 'close'):
           run.close()
+  return rates
+
+
+def print_table(rates):
   keras = statistics.median(rates['keras'])
   session = statistics.median(rates['session'])
   print('| variant | examples/s median (min-max) | vs session | vs keras |')
@@ -269,6 +312,11 @@ def main(_):
         name, median, min(values), max(values), median / session, median / keras))
 
 
+def main(_):
+  print_table(measure(lifecycle.settings_from_flags(Config, flags.FLAGS)))
+
+
 if __name__ == '__main__':
   tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
+  _define_flags()
   app.run(main)

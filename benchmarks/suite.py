@@ -1,11 +1,12 @@
 """The CPU benchmark suite: training speed of every variant, achieved GFLOP/s, inference latency.
 
   python benchmarks/suite.py [--data_dir=DIR] [--rounds=5] [--smoke]
+  (or python -m benchmarks.suite from the repository root)
 
 1. Training examples/second, interleaved windows per model (median, min-max, ratio to Keras):
    AlexNet placeholder loop / tf.data / tf.keras fit (benchmarks/alexnet_feeding.py), and
    ResNet-18 MNIST config through the Estimator in fp32 and bf16 / bare Session / tf.keras fit
-   (benchmarks/resnet_pipeline.py). Each model's variants run in one process.
+   (benchmarks/resnet_pipeline.py), each called through its measure() function.
 2. Achieved GFLOP/s = 3 x forward FLOPs per example (TensorFlow's profiler on the inference
    graph) x examples/s, against the fp32 matmul peak measured here (chained 2048x2048
    matmuls).
@@ -18,7 +19,6 @@ tiny sizes and step counts (for CI: it checks the suite works, not the figures).
 import argparse
 import os
 import platform
-import re
 import subprocess
 import sys
 import tempfile
@@ -26,18 +26,22 @@ import time
 
 import numpy as np
 
+# The repository root, so that `python benchmarks/suite.py` finds the benchmarks package.
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from mnist_cnn import alexnet_model  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mnist_cnn import resnet_main  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mnist_cnn import serving  # pylint: disable=g-import-not-at-top,wrong-import-position
-from official.utils import precision  # pylint: disable=g-import-not-at-top,wrong-import-position
-# benchmarks/serving.py, beside this file (a script's own directory is on sys.path).
-import serving as serving_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import alexnet_feeding
+from benchmarks import resnet_pipeline
+from benchmarks import serving_latency
+from mnist_cnn import alexnet_model
+from mnist_cnn import resnet_main
+from mnist_cnn.serving import models
+from official.utils import precision
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 def machine_description():
@@ -99,18 +103,10 @@ def resnet_forward(num_filters):
   return build
 
 
-def run_table_benchmark(script, args):
-  """Runs a benchmark script; returns {variant: (median, min, max)} from its markdown table."""
-  result = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', script)] + args,
-                          capture_output=True, text=True, cwd=REPO, timeout=3 * 3600)
-  if result.returncode:
-    raise RuntimeError('%s failed:\n%s' % (script, result.stderr[-3000:]))
-  rows = {}
-  for line in result.stdout.splitlines():
-    match = re.match(r'\| (\S+) \| ([\d.]+) \(([\d.]+)-([\d.]+)\) \|', line)
-    if match:
-      rows[match.group(1)] = tuple(float(match.group(i)) for i in (2, 3, 4))
-  return rows
+def _figures(rates):
+  """{variant: [rates]} -> {variant: (median, min, max)}."""
+  return {name: (float(np.median(values)), min(values), max(values))
+          for name, values in rates.items()}
 
 
 def export_models(work, smoke):
@@ -141,15 +137,15 @@ def inference_figures(version_dir, calls, seconds):
   p99 ms at batch 1)."""
   image = np.random.RandomState(0).rand(1, 28, 28, 1).astype(np.float32)
   batch = np.repeat(image, 256, axis=0)
-  loaded = serving.LoadedVersion(0, version_dir)
+  loaded = models.LoadedVersion(0, version_dir)
   signature = loaded.signatures['serving_default']
 
   def percentiles(call):
-    times = serving_benchmark.call_latencies(call, calls)
+    times = serving_latency.call_latencies(call, calls)
     return 1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99)
 
   session_p50, session_p99 = percentiles(lambda: loaded.run(signature, {'images': image}))
-  throughput = serving_benchmark.in_process_throughput(loaded, signature, batch, seconds)
+  throughput = serving_latency.in_process_throughput(loaded, signature, batch, seconds)
   loaded.close_when_drained()
   function = tf.saved_model.load(version_dir).signatures['serving_default']
   constant = tf.constant(image)
@@ -175,17 +171,18 @@ def main(argv=None):
   flops = {'AlexNet': forward_flops(alexnet_forward),
            'ResNet-18': forward_flops(resnet_forward(num_filters))}
 
-  alexnet_args = ['--rounds=%d' % rounds] + (
-      ['--steps_per_window=2', '--num_examples=200', '--batch_size=10'] if smoke else [])
-  resnet_args = ['--rounds=%d' % rounds] + (
-      ['--num_filters=4', '--batch_size=8', '--steps_per_window=2', '--warmup_steps=1']
-      if smoke else [])
-  if args.data_dir:
-    resnet_args.append('--data_dir=' + args.data_dir)
-  training = [('AlexNet', name, figures) for name, figures in
-              run_table_benchmark('alexnet_feeding.py', alexnet_args).items()]
+  if smoke:
+    alexnet_rates = alexnet_feeding.measure(batch_size=10, rounds=rounds, steps_per_window=2,
+                                            num_examples=200)
+    resnet_config = resnet_pipeline.Config(data_dir=args.data_dir, num_filters=4, batch_size=8,
+                                           rounds=rounds, steps_per_window=2, warmup_steps=1)
+  else:
+    alexnet_rates = alexnet_feeding.measure(rounds=rounds)
+    resnet_config = resnet_pipeline.Config(data_dir=args.data_dir, rounds=rounds)
+  training = [('AlexNet', name, figures)
+              for name, figures in _figures(alexnet_rates).items()]
   training += [('ResNet-18', name, figures) for name, figures in
-               run_table_benchmark('resnet_pipeline.py', resnet_args).items()]
+               _figures(resnet_pipeline.measure(resnet_config)).items()]
 
   print('Training, examples/s (interleaved windows; ratio to the same model in tf.keras fit; '
         'GFLOP/s = 3 x forward FLOPs x examples/s):\n')

@@ -6,10 +6,14 @@ Defaults are the report's settings (Adadelta, learning rate 0.02, batch 100, 10 
 probability 0.8). After every epoch it prints the summed training loss, the accuracy on the
 full test set, seconds per epoch and examples/second; it checkpoints every epoch, resumes
 from the latest checkpoint in --model_dir, and writes flags.json and metrics.json there.
+
+The loop is cut as pytorch/examples cuts its MNIST one: `train_one_epoch`, `evaluate`, and a
+short driver (`train`); the run lifecycle around it (model_dir, records, stop checks, Ctrl-C,
+export) is official/utils/lifecycle.py, shared with every model.
 """
 
+import dataclasses
 import os
-import shutil
 import sys
 import time
 
@@ -19,12 +23,11 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_cnn import alexnet_model
-from mnist_cnn import cli
 from mnist_cnn import input_data
 from official.utils import export
-from official.utils import interrupt
+from official.utils import lifecycle
 from official.utils import precision
-from official.utils import run_dir
+from official.utils import session_config
 from official.utils.flags import core as flags_core
 from official.utils.logs import hooks_helper
 from official.utils.logs import run_record
@@ -32,6 +35,19 @@ from official.utils.logs import run_record
 MODEL_NAME = 'alexnet'
 CHECKPOINT_PREFIX = 'model.ckpt'
 MAX_CHECKPOINTS = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class AlexNetSettings(object):
+  """AlexNet's own flags, as values."""
+  learning_rate: float
+  optimizer: str
+  dropout: float
+  init: str
+  eval_batch_size: int
+  lr_decay_epochs: float
+  lr_decay_rate: float
+  report_words: bool
 
 
 def define_alexnet_flags(flag_values=flags.FLAGS):
@@ -55,10 +71,7 @@ def define_alexnet_flags(flag_values=flags.FLAGS):
                      'Multiply the learning rate by --lr_decay_rate every this many epochs.',
                      **fv)
   flags.DEFINE_float('lr_decay_rate', 0.5, 'Factor of each learning-rate decay step.', **fv)
-  flags.DEFINE_enum('dtype', 'fp32', ['fp32', 'bf16'],
-                    'Compute precision. bf16: TensorFlow\'s oneDNN auto-mixed-precision rewrite '
-                    'runs matmuls and convolutions in bfloat16; variables, updates and the loss '
-                    'stay float32 (see --bf16_fallback).', **fv)
+  flags_core.define_dtype_flag(precision.REWRITE_DTYPES, flag_values)
   flags.DEFINE_boolean('report_words', False,
                        'Print the per-epoch loss and the final accuracy in the report\'s own '
                        'words (第 N 轮的熵损失 / 命中率).', **fv)
@@ -78,11 +91,135 @@ def define_alexnet_flags(flag_values=flags.FLAGS):
                           model_dir='/tmp/mnist_alexnet')
 
 
-def _load_data(flags_obj):
-  if flags_obj.use_synthetic_data:
-    return input_data.synthetic_data_sets(one_hot=True, seed=flags_obj.seed)
-  return input_data.read_data_sets(flags_obj.data_dir, one_hot=True, seed=flags_obj.seed,
-                                   validation_size=flags_obj.validation_size)
+def run_alexnet(flags_obj):
+  """Trains (or resumes), evaluates and optionally exports; returns the final metrics dict.
+
+  The entry point's one read of the flags: below it, everything takes values.
+  """
+  settings = lifecycle.settings_from_flags(lifecycle.RunSettings, flags_obj)
+  own = lifecycle.settings_from_flags(AlexNetSettings, flags_obj)
+  # Settled before anything in model_dir is touched: a refusal must not cost a checkpoint.
+  plan = precision.plan(precision.settle_dtype(flags_obj.dtype, flags_obj.bf16_fallback))
+  checkpoint = lifecycle.prepare(settings, MAX_CHECKPOINTS)
+  raw = input_data.load_data(flags_obj.data_dir, flags_obj.use_synthetic_data, flags_obj.seed)
+  data = input_data.data_sets_from_raw(
+      raw, one_hot=True, seed=flags_obj.seed,
+      validation_size=0 if flags_obj.use_synthetic_data else flags_obj.validation_size)
+  facts = dict(raw.describe(), model=MODEL_NAME, train_examples=data.train.num_examples,
+               dtype_used=plan.dtype)
+  lifecycle.record_flags(settings, facts)
+  return train(settings, own, plan, data, checkpoint)
+
+
+def train(settings, own, plan, data, checkpoint):
+  """The driver: train epoch by epoch from the checkpoint (None: afresh) with a record each,
+  evaluate, export."""
+  with tf.Graph().as_default():
+    tf.compat.v1.set_random_seed(settings.seed)
+    graph = _build_graph(settings, own, data)
+    saver = tf.compat.v1.train.Saver(max_to_keep=MAX_CHECKPOINTS, save_relative_paths=True)
+    runner = hooks_helper.HookedSessionRunner(hooks_helper.get_train_hooks(
+        settings.hooks, settings.model_dir, settings.batch_size))
+    init_op = tf.compat.v1.global_variables_initializer()
+    tf.compat.v1.get_default_graph().finalize()
+    config = session_config.make(settings.inter_op_parallelism_threads,
+                                 settings.intra_op_parallelism_threads, plan.onednn_bf16)
+    with tf.compat.v1.Session(config=config) as sess:
+      _restore_or_init(sess, saver, init_op, checkpoint, settings.model_dir)
+      runner.attach(sess)
+      try:
+        record = _train_epochs(sess, runner, saver, graph, data, settings, own, checkpoint)
+      finally:
+        runner.end()
+      if record.get('accuracy') is None:
+        record.update(_evaluation(sess, graph, data.test, own.eval_batch_size),
+                      global_step=int(sess.run(graph.global_step)))
+    checkpoint = tf.train.latest_checkpoint(settings.model_dir)
+  if own.report_words:
+    print('命中率: %s' % record['accuracy'])
+  print('Test accuracy on all %d test images: %.4f' % (data.test.num_examples,
+                                                       record['accuracy']))
+  if not checkpoint:
+    return record
+  return lifecycle.export_if_asked(settings, lambda export_dir: export_model(
+      checkpoint, export_dir, data.image_shape, data.num_classes), record)
+
+
+def _build_graph(settings, own, data):
+  steps_per_epoch = max(1, data.train.num_examples // settings.batch_size)
+  decay_steps = int(own.lr_decay_epochs * steps_per_epoch) if own.lr_decay_epochs else None
+  return alexnet_model.build_train_graph(
+      data.image_shape, data.num_classes, own.learning_rate, optimizer=own.optimizer,
+      init=own.init, seed=settings.seed, learning_rate_decay_steps=decay_steps,
+      learning_rate_decay_rate=own.lr_decay_rate)
+
+
+def _restore_or_init(sess, saver, init_op, checkpoint, model_dir):
+  if not checkpoint:
+    sess.run(init_op)
+    return
+  saver.restore(sess, checkpoint)
+  # A new Saver knows none of the checkpoints before it; told of them, it keeps rotating them
+  # to max_to_keep.
+  saver.recover_last_checkpoints(
+      tf.train.get_checkpoint_state(model_dir).all_model_checkpoint_paths)
+  print('Resuming from %s' % checkpoint)
+
+
+def _train_epochs(sess, runner, saver, graph, data, settings, own, checkpoint):
+  """Epochs from the checkpoint's to --train_epochs, each committed with its record; returns
+  the last record ({} when nothing was left to train)."""
+  step, start_epoch = sess.run([graph.global_step, graph.epoch])
+  if run_record.settle_pending(settings.model_dir, int(step) if checkpoint else None):
+    print('Recorded epoch %d, whose checkpoint an interrupted run saved' % start_epoch)
+  steps_per_epoch = max(1, data.train.num_examples // settings.batch_size)
+  num_parameters = run_record.count_parameters(tf.compat.v1.trainable_variables())
+  record = {}
+  with lifecycle.StopOnInterrupt() as stop:
+    for epoch in range(start_epoch, settings.train_epochs):
+      if settings.max_train_steps and step >= settings.max_train_steps:
+        break
+      data.train.restart(seed=settings.seed + epoch)
+      steps = steps_per_epoch
+      if settings.max_train_steps:
+        steps = min(steps, settings.max_train_steps - step)
+      started = time.monotonic()
+      losses = train_one_epoch(runner, graph, data.train, settings.batch_size, own.dropout,
+                               steps, stop)
+      seconds = time.monotonic() - started
+      step += len(losses)
+      epoch_done = len(losses) == steps_per_epoch
+      if epoch_done:
+        sess.run(graph.increment_epoch)
+      evaluation = None
+      if not stop.requested and ((epoch + 1) % settings.epochs_between_evals == 0 or
+                                 epoch + 1 == settings.train_epochs or not epoch_done):
+        evaluation = _evaluation(sess, graph, data.test, own.eval_batch_size)
+      record = lifecycle.epoch_record(
+          epoch + 1, step, seconds, len(losses) * settings.batch_size,
+          float(np.mean(losses)), num_parameters, evaluation, epoch_complete=epoch_done,
+          train_loss_sum=float(np.sum(losses)))
+      run_record.commit_epoch(settings.model_dir, record, lambda: saver.save(
+          sess, os.path.join(settings.model_dir, CHECKPOINT_PREFIX), global_step=step))
+      if stop.requested:
+        lifecycle.interrupted(settings.model_dir, step)
+      _print_epoch(epoch, record, own.report_words)
+      if lifecycle.should_stop(settings, record):
+        break
+  return record
+
+
+def train_one_epoch(runner, graph, train_set, batch_size, keep_prob, steps, stop):
+  """Up to `steps` training steps (fewer once Ctrl-C is requested); returns their losses."""
+  losses = []
+  for _ in range(steps):
+    images, labels = train_set.next_batch(batch_size)
+    _, loss = runner.run([graph.train_op, graph.cross_entropy],
+                         {graph.x: images, graph.y: labels, graph.keep_prob: keep_prob})
+    losses.append(loss)
+    if stop.requested:
+      break
+  return losses
 
 
 def evaluate(sess, graph, dataset, batch_size):
@@ -95,43 +232,22 @@ def evaluate(sess, graph, dataset, batch_size):
   return correct / dataset.num_examples, int(correct)
 
 
+def _evaluation(sess, graph, dataset, batch_size):
+  accuracy, correct = evaluate(sess, graph, dataset, batch_size)
+  return {'accuracy': accuracy, 'correct': correct, 'test_examples': dataset.num_examples}
+
+
 def export_model(checkpoint_path, export_dir, image_shape, num_classes):
-  """Exports the checkpoint as a SavedModel under export_dir/<version>/.
-
-  Signatures (official/utils/export.py): `serving_default` takes float images `images` in
-  [0, 1], [N, h*w*c] or [N, h, w, c]; `image_bytes:serving_default` takes encoded images
-  `image_bytes` [N]. Both output `classes` (int64) and `probabilities` (float32
-  [N, num_classes]).
-
-  Returns:
-    The export path.
-  """
-  def write(path):
-    with tf.Graph().as_default() as graph:
-      images_input, image_bytes_input, images = export.serving_inputs(
-          image_shape, accept_flat=True)
-      flat = tf.reshape(images, [-1, int(np.prod(image_shape))])
-      weights, biases = alexnet_model.make_variables(image_shape, num_classes)
-      logits = alexnet_model.alexnet(flat, weights, biases, 1.0, image_shape)
-      outputs = {'classes': tf.argmax(logits, 1, name='classes'),
-                 'probabilities': tf.nn.softmax(logits, name='probabilities')}
-      saver = tf.compat.v1.train.Saver(list(weights.values()) + list(biases.values()))
-      with tf.compat.v1.Session(graph=graph) as sess:
-        saver.restore(sess, checkpoint_path)
-        signatures = {
-            export.DEFAULT_SIGNATURE: tf.compat.v1.saved_model.predict_signature_def(
-                inputs={export.IMAGES_INPUT: images_input}, outputs=outputs),
-            export.alternative_signature(export.IMAGE_BYTES_INPUT):
-                tf.compat.v1.saved_model.predict_signature_def(
-                    inputs={export.IMAGE_BYTES_INPUT: image_bytes_input}, outputs=outputs),
-        }
-        builder = tf.compat.v1.saved_model.Builder(path)
-        builder.add_meta_graph_and_variables(
-            sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
-            signature_def_map=signatures, strip_default_attrs=True)
-        builder.save()
-    export.write_serving_info(path, {'compute_dtype': 'fp32'})
-  return export.export_atomically(export_dir, write)
+  """Exports the checkpoint through export.export_model (both signatures; `images` also takes
+  flat [N, h*w*c] rows, as the report fed them); returns the export path."""
+  def build_outputs(images):
+    flat = tf.reshape(images, [-1, int(np.prod(image_shape))])
+    weights, biases = alexnet_model.make_variables(image_shape, num_classes)
+    logits = alexnet_model.alexnet(flat, weights, biases, 1.0, image_shape)
+    return {'classes': tf.argmax(logits, 1, name='classes'),
+            'probabilities': tf.nn.softmax(logits, name='probabilities')}
+  return export.export_model(export_dir, image_shape, build_outputs, checkpoint_path, 'fp32',
+                             accept_flat=True)
 
 
 def _print_epoch(epoch, record, report_words):
@@ -141,133 +257,13 @@ def _print_epoch(epoch, record, report_words):
       epoch + 1, record['train_loss_sum'], record['train_loss_mean'],
       'test accuracy %.4f (%d/%d), ' % (record['accuracy'], record['correct'],
                                         record['test_examples'])
-      if 'accuracy' in record else '',
+      if record.get('accuracy') is not None else '',
       record['seconds'], record['examples_per_second']))
   sys.stdout.flush()
 
 
-def run_alexnet(flags_obj):
-  """Trains (or resumes), evaluates and optionally exports; returns the final metrics dict."""
-  model_dir = flags_obj.model_dir
-  # Settled before anything in model_dir is touched: a refusal must not cost a checkpoint.
-  dtype = precision.settle_dtype(flags_obj.dtype, flags_obj.bf16_fallback)
-  if flags_obj.clean and os.path.isdir(model_dir):
-    shutil.rmtree(model_dir)
-  checkpoint = run_dir.prepare(model_dir, flags_obj.export_dir, MAX_CHECKPOINTS)
-  data = _load_data(flags_obj)
-  run_record.write_flags(model_dir, flags_core.flags_dict(flags_obj), extra={
-      'model': MODEL_NAME, 'image_shape': list(data.image_shape),
-      'num_classes': data.num_classes, 'train_examples': data.train.num_examples,
-      'dtype_used': dtype})
-
-  batch_size = flags_obj.batch_size
-  steps_per_epoch = max(1, data.train.num_examples // batch_size)
-  decay_steps = (int(flags_obj.lr_decay_epochs * steps_per_epoch)
-                 if flags_obj.lr_decay_epochs else None)
-  with tf.Graph().as_default():
-    tf.compat.v1.set_random_seed(flags_obj.seed)
-    graph = alexnet_model.build_train_graph(
-        data.image_shape, data.num_classes, flags_obj.learning_rate,
-        optimizer=flags_obj.optimizer, init=flags_obj.init, seed=flags_obj.seed,
-        learning_rate_decay_steps=decay_steps, learning_rate_decay_rate=flags_obj.lr_decay_rate)
-    num_parameters = run_record.count_parameters(tf.compat.v1.trainable_variables())
-    saver = tf.compat.v1.train.Saver(max_to_keep=MAX_CHECKPOINTS, save_relative_paths=True)
-    hooks = hooks_helper.get_train_hooks(flags_obj.hooks, model_dir, batch_size)
-    runner = hooks_helper.HookedSessionRunner(hooks)
-    config = tf.compat.v1.ConfigProto(
-        inter_op_parallelism_threads=flags_obj.inter_op_parallelism_threads,
-        intra_op_parallelism_threads=flags_obj.intra_op_parallelism_threads)
-    if dtype == 'bf16':
-      precision.enable_bf16_rewrite(config)
-    init_op = tf.compat.v1.global_variables_initializer()
-    tf.compat.v1.get_default_graph().finalize()
-
-    with tf.compat.v1.Session(config=config) as sess:
-      if checkpoint:
-        saver.restore(sess, checkpoint)
-        # A new Saver knows none of the checkpoints before it; told of them, it keeps
-        # rotating them to max_to_keep.
-        saver.recover_last_checkpoints(
-            tf.train.get_checkpoint_state(model_dir).all_model_checkpoint_paths)
-        print('Resuming from %s' % checkpoint)
-      else:
-        sess.run(init_op)
-      runner.attach(sess)
-      step, start_epoch = sess.run([graph.global_step, graph.epoch])
-      if run_record.settle_pending(model_dir, int(step) if checkpoint else None):
-        print('Recorded epoch %d, whose checkpoint an interrupted run saved' % start_epoch)
-      record = {}
-      try:
-        with interrupt.StopOnInterrupt() as stop:
-          for epoch in range(start_epoch, flags_obj.train_epochs):
-            if flags_obj.max_train_steps and step >= flags_obj.max_train_steps:
-              break
-            data.train.restart(seed=flags_obj.seed + epoch)
-            started = time.monotonic()
-            losses = []
-            for _ in range(steps_per_epoch):
-              images, labels = data.train.next_batch(batch_size)
-              _, loss = runner.run(
-                  [graph.train_op, graph.cross_entropy],
-                  {graph.x: images, graph.y: labels, graph.keep_prob: flags_obj.dropout})
-              step += 1
-              losses.append(loss)
-              if flags_obj.max_train_steps and step >= flags_obj.max_train_steps:
-                break
-              if stop.requested:
-                break
-            seconds = time.monotonic() - started
-            epoch_done = len(losses) == steps_per_epoch
-            if epoch_done:
-              sess.run(graph.increment_epoch)
-            record = {
-                'epoch': epoch + 1, 'global_step': int(step), 'epoch_complete': epoch_done,
-                'train_loss_sum': float(np.sum(losses)),
-                'train_loss_mean': float(np.mean(losses)),
-                'seconds': seconds, 'examples_per_second': len(losses) * batch_size / seconds,
-                'num_parameters': num_parameters}
-            last_epoch = epoch + 1 == flags_obj.train_epochs or not epoch_done
-            if not stop.requested and (
-                (epoch + 1) % flags_obj.epochs_between_evals == 0 or last_epoch):
-              accuracy, correct = evaluate(sess, graph, data.test, flags_obj.eval_batch_size)
-              record.update(accuracy=accuracy, correct=correct,
-                            test_examples=data.test.num_examples)
-            run_record.commit_epoch(model_dir, record, lambda: saver.save(
-                sess, os.path.join(model_dir, CHECKPOINT_PREFIX), global_step=step))
-            if stop.requested:
-              raise KeyboardInterrupt  # saved and recorded above; reported below
-            _print_epoch(epoch, record, flags_obj.report_words)
-            if (flags_obj.stop_threshold and record.get('accuracy', 0) >=
-                flags_obj.stop_threshold):
-              print('Stopping: test accuracy %.4f reached --stop_threshold=%s' %
-                    (record['accuracy'], flags_obj.stop_threshold))
-              break
-      except KeyboardInterrupt:
-        run_record.append_metrics(model_dir, {'event': 'interrupted', 'global_step': int(step)})
-        print('Interrupted; the last complete checkpoint in %s is intact.' % model_dir)
-        raise
-      finally:
-        runner.end()
-
-      if 'accuracy' not in record:
-        accuracy, correct = evaluate(sess, graph, data.test, flags_obj.eval_batch_size)
-        record.update(accuracy=accuracy, correct=correct, test_examples=data.test.num_examples,
-                      global_step=int(step))
-    checkpoint = tf.train.latest_checkpoint(model_dir)
-
-  if flags_obj.report_words:
-    print('命中率: %s' % record['accuracy'])
-  print('Test accuracy on all %d test images: %.4f' % (data.test.num_examples,
-                                                       record['accuracy']))
-  if flags_obj.export_dir and checkpoint:
-    record['export_path'] = export_model(checkpoint, flags_obj.export_dir, data.image_shape,
-                                         data.num_classes)
-    print('Exported SavedModel to %s' % record['export_path'])
-  return record
-
-
 def main(_):
-  cli.run_main(run_alexnet, flags.FLAGS)
+  lifecycle.run_main(run_alexnet, flags.FLAGS, user_errors=input_data.DATA_ERRORS)
 
 
 if __name__ == '__main__':

@@ -45,8 +45,6 @@ MNIST_HEIGHT = 28
 MNIST_WIDTH = 28
 NUM_CHANNELS = 1
 MNIST_NUM_CLASSES = 10
-MNIST_NUM_TRAIN = 60000
-MNIST_NUM_TEST = 10000
 DEFAULT_VALIDATION_SIZE = 5000
 
 # The mirror TensorFlow's own MNIST tutorials and TFDS download from, and the published md5
@@ -64,8 +62,12 @@ class IdxFormatError(ValueError):
   """A data file is not a valid IDX file; the message names the file and the defect."""
 
 
+class SplitError(ValueError):
+  """A validation split the training data cannot give."""
+
+
 # What a bad --data_dir can raise; the mains turn these into one line and a non-zero exit.
-DATA_ERRORS = (IdxFormatError, FileNotFoundError, NotADirectoryError)
+DATA_ERRORS = (IdxFormatError, SplitError, FileNotFoundError, NotADirectoryError)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,8 +222,27 @@ def maybe_download(data_dir, source_url=DEFAULT_SOURCE_URL, checksums=None, time
 # Loading and splitting
 
 
-RawData = collections.namedtuple(
-    'RawData', ['train_images', 'train_labels', 'test_images', 'test_labels', 'num_classes'])
+class RawData(collections.namedtuple(
+    'RawData', ['train_images', 'train_labels', 'test_images', 'test_labels', 'num_classes'])):
+  """The four arrays of a data dir (uint8 images [N, rows, cols], labels [N]) and what a model
+  needs to know of them: the image shape, the class count and the split sizes."""
+
+  @property
+  def image_shape(self):
+    return self.train_images.shape[1:] + (NUM_CHANNELS,)
+
+  @property
+  def num_train(self):
+    return len(self.train_images)
+
+  @property
+  def num_test(self):
+    return len(self.test_images)
+
+  def describe(self):
+    """The facts a run records in flags.json."""
+    return {'image_shape': list(self.image_shape), 'num_classes': self.num_classes,
+            'train_examples': self.num_train, 'test_examples': self.num_test}
 
 
 def _check_labels(labels, images, labels_name, images_name, num_classes, classes_source):
@@ -277,14 +298,39 @@ def load_idx_dataset(data_dir, num_classes=None, source_url=DEFAULT_SOURCE_URL):
   return RawData(train_images, train_labels, test_images, test_labels, num_classes)
 
 
-@functools.lru_cache(maxsize=2)
 def load_idx_dataset_cached(data_dir, num_classes=None, source_url=DEFAULT_SOURCE_URL):
-  """`load_idx_dataset`, remembering the last two loads.
+  """`load_idx_dataset`, remembering the last two loads (keyed on the absolute directory, so
+  every way of calling it finds the same entry).
 
-  An Estimator calls its input_fn again for every train and eval cycle; this way the files are
-  read and validated once per process. The arrays are shared: do not modify them.
+  The arrays are shared: do not modify them.
   """
+  return _load_cached(os.path.abspath(data_dir), num_classes, source_url)
+
+
+@functools.lru_cache(maxsize=2)
+def _load_cached(data_dir, num_classes, source_url):
   return load_idx_dataset(data_dir, num_classes, source_url)
+
+
+def synthetic_raw_data(num_train=1024, num_test=256, seed=0, height=MNIST_HEIGHT,
+                       width=MNIST_WIDTH, num_classes=MNIST_NUM_CLASSES):
+  """Random uint8 images with labels cycling over every class: the one synthetic source that
+  every model trains on with --use_synthetic_data (timing and smoke runs without data)."""
+  rng = np.random.RandomState(seed)
+
+  def make(count):
+    images = rng.randint(0, 256, size=(count, height, width)).astype(np.uint8)
+    return images, (np.arange(count) % num_classes).astype(np.uint8)
+
+  return RawData(*make(num_train), *make(num_test), num_classes)
+
+
+def load_data(data_dir, use_synthetic_data=False, seed=0):
+  """What a run trains on: the IDX files in data_dir, read and validated once per process, or
+  synthetic_raw_data(seed=seed)."""
+  if use_synthetic_data:
+    return synthetic_raw_data(seed=seed)
+  return load_idx_dataset_cached(data_dir)
 
 
 def dense_to_one_hot(labels, num_classes):
@@ -405,9 +451,9 @@ def _make_dataset(images, labels, one_hot, num_classes, seed, image_shape):
 
 
 def split_sizes(num_train_file_examples, validation_size):
-  """Returns (train, validation) counts; raises ValueError when validation_size is off."""
+  """Returns (train, validation) counts; raises SplitError when validation_size is off."""
   if not 0 <= validation_size < num_train_file_examples:
-    raise ValueError('validation_size must be in 0..%d (the training file holds %d examples), '
+    raise SplitError('validation_size must be in 0..%d (the training file holds %d examples), '
                      'got %d' % (num_train_file_examples - 1, num_train_file_examples,
                                  validation_size))
   return num_train_file_examples - validation_size, validation_size
@@ -431,12 +477,17 @@ def read_data_sets(data_dir, one_hot=False, validation_size=DEFAULT_VALIDATION_S
   Raises:
     FileNotFoundError, IdxFormatError, ValueError: see `load_idx_dataset` and `split_sizes`.
   """
-  raw = load_idx_dataset_cached(data_dir, num_classes, source_url)
-  split_sizes(len(raw.train_images), validation_size)
-  image_shape = raw.train_images.shape[1:] + (NUM_CHANNELS,)
+  return data_sets_from_raw(load_idx_dataset_cached(data_dir, num_classes, source_url),
+                            one_hot, validation_size, seed)
+
+
+def data_sets_from_raw(raw, one_hot=False, validation_size=DEFAULT_VALIDATION_SIZE, seed=None):
+  """RawData -> train/validation/test `DataSet`s (the first validation_size training examples
+  are the validation set)."""
+  split_sizes(raw.num_train, validation_size)
 
   def make(images, labels, split_seed):
-    return _make_dataset(images, labels, one_hot, raw.num_classes, split_seed, image_shape)
+    return _make_dataset(images, labels, one_hot, raw.num_classes, split_seed, raw.image_shape)
 
   return DataSets(
       train=make(raw.train_images[validation_size:], raw.train_labels[validation_size:], seed),
@@ -447,16 +498,9 @@ def read_data_sets(data_dir, one_hot=False, validation_size=DEFAULT_VALIDATION_S
 
 def synthetic_data_sets(num_train=1024, num_test=256, one_hot=False, seed=0,
                         height=MNIST_HEIGHT, width=MNIST_WIDTH, num_classes=MNIST_NUM_CLASSES):
-  """Random images with labels over all classes, for runs without data (timing, smoke)."""
-  rng = np.random.RandomState(seed)
-  image_shape = (height, width, NUM_CHANNELS)
-
-  def make(count):
-    images = rng.randint(0, 256, size=(count, height, width)).astype(np.uint8)
-    labels = (np.arange(count) % num_classes).astype(np.uint8)
-    return _make_dataset(images, labels, one_hot, num_classes, seed, image_shape)
-
-  return DataSets(train=make(num_train), validation=make(0), test=make(num_test))
+  """`synthetic_raw_data` as DataSets (no validation split)."""
+  raw = synthetic_raw_data(num_train, num_test, seed, height, width, num_classes)
+  return data_sets_from_raw(raw, one_hot, validation_size=0, seed=seed)
 
 
 # --------------------------------------------------------------------------------------------
@@ -516,17 +560,27 @@ def arrays_input_fn(images, labels, is_training, batch_size, num_epochs=1, dtype
 def input_fn(is_training, data_dir, batch_size, num_epochs=1, dtype=tf.float32, seed=None,
              validation_size=0, shift_pixels=0, datasets_num_private_threads=None,
              drop_remainder=False):
-  """Estimator input function over the IDX files in data_dir.
+  """Estimator input function over the IDX files in data_dir (see raw_input_fn)."""
+  return raw_input_fn(load_idx_dataset_cached(data_dir), is_training, batch_size, num_epochs,
+                      dtype=dtype, seed=seed, validation_size=validation_size,
+                      shift_pixels=shift_pixels,
+                      datasets_num_private_threads=datasets_num_private_threads,
+                      drop_remainder=drop_remainder)
 
-  Training reads the training file less its first `validation_size` examples; evaluation
-  reads the test file, in order.
+
+def raw_input_fn(raw, is_training, batch_size, num_epochs=1, dtype=tf.float32, seed=None,
+                 validation_size=0, shift_pixels=0, datasets_num_private_threads=None,
+                 drop_remainder=False):
+  """Estimator input function over RawData already in memory.
+
+  Training reads the training arrays less their first `validation_size` examples; evaluation
+  reads the test arrays, in order.
 
   Returns:
     tf.data.Dataset of (images [B, rows, cols, 1] dtype, labels [B] int32).
   """
-  raw = load_idx_dataset_cached(data_dir, None, DEFAULT_SOURCE_URL)
   if is_training:
-    split_sizes(len(raw.train_images), validation_size)
+    split_sizes(raw.num_train, validation_size)
     images, labels = raw.train_images[validation_size:], raw.train_labels[validation_size:]
   else:
     images, labels = raw.test_images, raw.test_labels

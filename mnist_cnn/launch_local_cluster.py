@@ -157,22 +157,8 @@ def run_cluster(members, grace_s=30.0, out=sys.stdout, poll_s=0.2, stop_requeste
       out.flush()
 
   try:
-    # With ps tasks, workers that start before the chief has initialised the variables sleep
-    # 30 s (TensorFlow's fixed poll) before they look again, so they start once it has.
-    wait_for_chief = any(role.startswith('ps') for role, _ in members)
-    later = [(role, argv) for role, argv in members
-             if wait_for_chief and role.startswith('worker')]
-    for role, argv in members:
-      if (role, argv) not in later:
-        running.append(Member(role, argv, out, lock, env))
+    _start(members, running, out, lock, env, poll_s, stop_requested)
     chief = running[0]
-    if later:
-      while not chief.ready.wait(poll_s):
-        if chief.process.poll() is not None or stop_requested.is_set():
-          break
-      if not stop_requested.is_set():
-        for role, argv in later:
-          running.append(Member(role, argv, out, lock, env))
     say('started %s' % ', '.join('%s (pid %d)' % (m.role, m.process.pid) for m in running))
     reported = set()
 
@@ -192,12 +178,7 @@ def run_cluster(members, grace_s=30.0, out=sys.stdout, poll_s=0.2, stop_requeste
     code = chief.process.returncode
     say('chief exited with status %d' % code)
     if code == 0:
-      deadline = time.monotonic() + grace_s
-      finishing = [member for member in running[1:]
-                   if member.role.startswith('worker') or member.role == 'evaluator']
-      while (any(member.process.poll() is None for member in finishing) and
-             time.monotonic() < deadline and not stop_requested.is_set()):
-        stop_requested.wait(poll_s)
+      _let_finish(running[1:], grace_s, poll_s, stop_requested)
     report_ended()
     left = [member.role for member in running if member.process.poll() is None]
     if left:
@@ -211,6 +192,38 @@ def run_cluster(members, grace_s=30.0, out=sys.stdout, poll_s=0.2, stop_requeste
       member.stop()
     for member in running:
       member.finish(10)
+
+
+def _start(members, running, out, lock, env, poll_s, stop_requested):
+  """Starts the members into running (a list the caller stops, whatever happens here).
+
+  With ps tasks, workers that start before the chief has initialised the variables sleep 30 s
+  (TensorFlow's fixed poll) before they look again, so they start once it has.
+  """
+  wait_for_chief = any(role.startswith('ps') for role, _ in members)
+  later = [(role, argv) for role, argv in members
+           if wait_for_chief and role.startswith('worker')]
+  for role, argv in members:
+    if (role, argv) not in later:
+      running.append(Member(role, argv, out, lock, env))
+  chief = running[0]
+  if later:
+    while not chief.ready.wait(poll_s):
+      if chief.process.poll() is not None or stop_requested.is_set():
+        break
+    if not stop_requested.is_set():
+      for role, argv in later:
+        running.append(Member(role, argv, out, lock, env))
+
+
+def _let_finish(others, grace_s, poll_s, stop_requested):
+  """Gives workers and the evaluator up to grace_s to end on their own after the chief."""
+  deadline = time.monotonic() + grace_s
+  finishing = [member for member in others
+               if member.role.startswith('worker') or member.role == 'evaluator']
+  while (any(member.process.poll() is None for member in finishing) and
+         time.monotonic() < deadline and not stop_requested.is_set()):
+    stop_requested.wait(poll_s)
 
 
 def main(argv):

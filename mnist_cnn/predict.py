@@ -17,8 +17,9 @@ from absl import flags
 import numpy as np
 import tensorflow as tf
 
-from mnist_cnn import image_headers
-from mnist_cnn import serving
+from mnist_cnn.serving import image_headers
+from mnist_cnn.serving import json_tensors
+from mnist_cnn.serving import models
 from official.utils import export
 
 
@@ -27,7 +28,7 @@ def define_predict_flags(flag_values=flags.FLAGS):
                       flag_values=flag_values)
   flags.DEFINE_integer('top_k', 3, 'How many of the most likely classes to print.',
                        flag_values=flag_values)
-  flags.DEFINE_integer('max_image_pixels', serving.DEFAULT_LIMITS.max_image_pixels,
+  flags.DEFINE_integer('max_image_pixels', json_tensors.DEFAULT_LIMITS.max_image_pixels,
                        'Most pixels an image may declare (all frames of a GIF); larger files are '
                        'refused from their header instead of being decoded.',
                        flag_values=flag_values)
@@ -42,9 +43,9 @@ def resolve_export(export_dir):
   """A version directory: export_dir itself if it holds a SavedModel, else its newest version."""
   if not os.path.isdir(export_dir):
     raise ValueError('--export_dir %s is not a directory' % export_dir)
-  if any(os.path.exists(os.path.join(export_dir, f)) for f in serving.SAVED_MODEL_FILES):
+  if any(os.path.exists(os.path.join(export_dir, f)) for f in export.SAVED_MODEL_FILES):
     return export_dir
-  versions = serving.find_versions(export_dir)
+  versions = export.loadable_versions(export_dir)
   if not versions:
     raise ValueError('%s holds no SavedModel and no integer version directory with one' %
                      export_dir)
@@ -62,7 +63,7 @@ def image_bytes_signature(loaded):
       loaded.path, export.IMAGE_BYTES_INPUT, ', '.join(sorted(loaded.signatures))))
 
 
-def classify_files(loaded, paths, max_image_pixels=serving.DEFAULT_LIMITS.max_image_pixels):
+def classify_files(loaded, paths, max_image_pixels=json_tensors.DEFAULT_LIMITS.max_image_pixels):
   """Yields (path, probabilities or None, error or None) for each file, one model call each."""
   signature = image_bytes_signature(loaded)
   for path in paths:
@@ -79,7 +80,7 @@ def classify_files(loaded, paths, max_image_pixels=serving.DEFAULT_LIMITS.max_im
       continue
     try:
       outputs = loaded.run(signature, {export.IMAGE_BYTES_INPUT: np.array([data], dtype=object)})
-    except serving.ServingError as e:
+    except models.ServingError as e:
       yield path, None, 'not a PNG/JPEG/GIF/BMP image (%s)' % e.message
       continue
     yield path, outputs['probabilities'][0], None
@@ -87,7 +88,7 @@ def classify_files(loaded, paths, max_image_pixels=serving.DEFAULT_LIMITS.max_im
 
 def run_predict(flags_obj, paths, out=sys.stdout):
   """Prints one line per file; returns the number of files that failed."""
-  loaded = serving.LoadedVersion(0, resolve_export(flags_obj.export_dir))
+  loaded = models.LoadedVersion(0, resolve_export(flags_obj.export_dir))
   failures = 0
   try:
     for path, probabilities, error in classify_files(loaded, paths,

@@ -19,14 +19,20 @@ whole schedule, too), after a short linear warm-up; training images are shifted 
 --shift_pixels pixels.
 """
 
+import functools
+
 from absl import app
 from absl import flags
+import tensorflow as tf
 
-from mnist_cnn import cli
 from mnist_cnn import input_data
+from official.resnet import resnet_flags
 from official.resnet import resnet_model
 from official.resnet import resnet_run_loop
-from official.utils import record_pipeline
+from official.utils import cluster_training
+from official.utils import distribution_utils
+from official.utils import lifecycle
+from official.utils import precision
 from official.utils.flags import core as flags_core
 
 DATASET_NAME = 'MNIST'
@@ -40,7 +46,6 @@ BLOCK_STRIDES = [1, 2, 2, 2]
 BOUNDARY_FRACTIONS = (0.5, 0.75, 0.9)
 DECAY_RATES = (1.0, 0.1, 0.01, 0.001)
 BATCH_DENOM = 256
-SYNTHETIC_TRAIN_IMAGES = input_data.MNIST_NUM_TRAIN
 
 
 class MnistModel(resnet_model.Model):
@@ -59,7 +64,7 @@ class MnistModel(resnet_model.Model):
     block_sizes, bottleneck = resnet_model.get_block_sizes(resnet_size)
     kernel_size, conv_stride, pool_size, pool_stride = STEMS[stem]
     super().__init__(
-        resnet_size=resnet_size, bottleneck=bottleneck, num_classes=num_classes,
+        bottleneck=bottleneck, num_classes=num_classes,
         num_filters=num_filters, kernel_size=kernel_size, conv_stride=conv_stride,
         first_pool_size=pool_size, first_pool_stride=pool_stride, block_sizes=block_sizes,
         block_strides=BLOCK_STRIDES, resnet_version=resnet_version, data_format=data_format,
@@ -68,7 +73,7 @@ class MnistModel(resnet_model.Model):
 
 def define_mnist_flags(flag_values=flags.FLAGS):
   """The ResNet run-loop flags, this model's own, and MNIST defaults."""
-  resnet_run_loop.define_resnet_flags(flag_values=flag_values)
+  resnet_flags.define_resnet_flags(flag_values=flag_values)
   fv = {'flag_values': flag_values}
   flags.DEFINE_enum('stem', 'mnist', list(STEMS),
                     'First layers: mnist (3x3/1 conv + 2x2/2 pool), cifar (3x3/1, no pool) or '
@@ -89,25 +94,33 @@ def define_mnist_flags(flag_values=flags.FLAGS):
 
 
 def run_resnet(flags_obj):
-  """Trains and evaluates ResNet on MNIST (or synthetic data); returns the eval results."""
-  if flags_obj.use_synthetic_data:
-    image_shape = (input_data.MNIST_HEIGHT, input_data.MNIST_WIDTH, input_data.NUM_CHANNELS)
-    num_classes = input_data.MNIST_NUM_CLASSES
-    num_train_images = SYNTHETIC_TRAIN_IMAGES
-    input_function = record_pipeline.get_synth_input_fn(*image_shape, num_classes)
-  else:
-    raw = input_data.load_idx_dataset_cached(flags_obj.data_dir)
-    image_shape = raw.train_images.shape[1:] + (input_data.NUM_CHANNELS,)
-    num_classes = raw.num_classes
-    num_train_images = len(raw.train_images)
-    shift_pixels = flags_obj.shift_pixels
+  """Trains and evaluates ResNet on MNIST (or synthetic data); returns the eval results.
 
-    def input_function(**kwargs):
-      return input_data.input_fn(shift_pixels=shift_pixels, **kwargs)
+  The entry point's one read of the flags: below it, everything takes values.
+  """
+  settings = lifecycle.settings_from_flags(lifecycle.RunSettings, flags_obj)
+  # Settled before anything in model_dir is touched: a refusal must not cost a checkpoint.
+  has_gpu = bool(tf.config.list_physical_devices('GPU'))
+  plan = precision.plan(precision.settle_dtype(flags_obj.dtype, flags_obj.bf16_fallback,
+                                               has_gpu=has_gpu), has_gpu=has_gpu)
+  raw = input_data.load_data(flags_obj.data_dir, flags_obj.use_synthetic_data, flags_obj.seed)
+  data = resnet_run_loop.Data(
+      functools.partial(input_data.raw_input_fn, raw, shift_pixels=flags_obj.shift_pixels),
+      raw.image_shape, raw.num_train)
+  facts = dict(raw.describe(), model='resnet', dataset=(
+      'synthetic' if flags_obj.use_synthetic_data else DATASET_NAME), dtype_used=plan.dtype)
+  return resnet_run_loop.run_estimator(
+      settings, lifecycle.settings_from_flags(resnet_run_loop.EstimatorSettings, flags_obj),
+      lifecycle.settings_from_flags(cluster_training.ClusterSettings, flags_obj),
+      resnet_run_loop.resnet_model_fn, model_params(flags_obj, raw, plan), data, facts)
 
+
+def model_params(flags_obj, raw, plan):
+  """The Estimator params (see resnet_run_loop.resnet_model_fn), all built here."""
   resnet_size = int(flags_obj.resnet_size)
   resnet_version = int(flags_obj.resnet_version)
   stem, num_filters, data_format = flags_obj.stem, flags_obj.num_filters, flags_obj.data_format
+  num_classes = raw.num_classes
 
   def build_model(dtype):
     return MnistModel(resnet_size, num_classes, stem=stem, num_filters=num_filters,
@@ -115,19 +128,22 @@ def run_resnet(flags_obj):
 
   epochs = flags_obj.train_epochs
   learning_rate_fn = resnet_run_loop.learning_rate_with_decay(
-      batch_size=flags_obj.batch_size, batch_denom=BATCH_DENOM, num_images=num_train_images,
+      batch_size=flags_obj.batch_size, batch_denom=BATCH_DENOM, num_images=raw.num_train,
       boundary_epochs=[fraction * epochs for fraction in BOUNDARY_FRACTIONS],
       decay_rates=DECAY_RATES, base_lr=flags_obj.base_learning_rate,
       warmup_epochs=flags_obj.warmup_epochs)
-  params = {'model': build_model, 'num_classes': num_classes,
-            'learning_rate_fn': learning_rate_fn, 'momentum': flags_obj.momentum}
-  return resnet_run_loop.resnet_main(
-      flags_obj, resnet_run_loop.resnet_model_fn, input_function, DATASET_NAME,
-      shape=list(image_shape), num_train_images=num_train_images, params=params)
+  return {'model': build_model, 'num_classes': num_classes,
+          'learning_rate_fn': learning_rate_fn, 'momentum': flags_obj.momentum,
+          'weight_decay': flags_obj.weight_decay, 'label_smoothing': flags_obj.label_smoothing,
+          'fine_tune': flags_obj.fine_tune, 'loss_scale': flags_obj.loss_scale,
+          'dtype': plan.graph_dtype, 'onednn_bf16': plan.onednn_bf16}
 
 
 def main(_):
-  cli.run_main(run_resnet, flags.FLAGS)
+  cluster = lifecycle.settings_from_flags(cluster_training.ClusterSettings, flags.FLAGS)
+  lifecycle.run_main(run_resnet, flags.FLAGS,
+                     user_errors=input_data.DATA_ERRORS + (distribution_utils.DistributionError,),
+                     records_run=cluster_training.is_chief(cluster))
 
 
 if __name__ == '__main__':

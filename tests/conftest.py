@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from mnist_cnn import input_data
+from tests import server_helpers
 
 
 def idx_bytes(array, magic):
@@ -100,3 +101,20 @@ def exports(tmp_path_factory):
       '--batch_size=8', '--max_train_steps=2', '--export_dir=%s' % (root / 'resnet_export')]))
   found['resnet'] = result['export_path']
   return found
+
+
+@pytest.fixture
+def serve_dir(tmp_path):
+  """A model base path holding the AlexNet export as version 1, plus a non-version dir."""
+  base = tmp_path / 'models'
+  base.mkdir()
+  (base / 'not-a-version').mkdir()
+  return base
+
+
+@pytest.fixture
+def alexnet_server(exports, serve_dir):
+  server_helpers.publish(exports['alexnet'], serve_dir, 1)
+  server = server_helpers.Server(serve_dir)
+  yield server
+  server.stop()

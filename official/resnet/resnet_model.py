@@ -248,13 +248,12 @@ def block_layer(inputs, filters, bottleneck, block_fn, blocks, strides, training
 class Model(object):
   """A residual network: stem, stacked block layers, global average pool, dense layer."""
 
-  def __init__(self, resnet_size, bottleneck, num_classes, num_filters, kernel_size,
+  def __init__(self, bottleneck, num_classes, num_filters, kernel_size,
                conv_stride, first_pool_size, first_pool_stride, block_sizes, block_strides,
                resnet_version=DEFAULT_VERSION, data_format=None, dtype=DEFAULT_DTYPE):
     """Configures the network.
 
     Args:
-      resnet_size: depth, for naming and checks only (block_sizes decide the layers).
       bottleneck: bottleneck blocks (1x1-3x3-1x1) instead of building blocks (3x3-3x3).
       num_classes: size of the output layer.
       num_filters: filters of the first convolution and first stage; doubled each stage.
@@ -285,7 +284,6 @@ class Model(object):
     if len(block_sizes) != len(block_strides):
       raise ValueError('block_sizes and block_strides differ in length: %s vs %s' %
                        (block_sizes, block_strides))
-    self.resnet_size = resnet_size
     self.resnet_version = resnet_version
     self.bottleneck = bottleneck
     self.block_fn = _BLOCK_FNS[(bottleneck, resnet_version)]

@@ -1,4 +1,4 @@
-"""SavedModel export helpers shared by the mains: serving inputs, versioned atomic directories.
+"""The one export path of every model: serving inputs, signatures, versioned atomic directories.
 
 An export goes to `<export_dir>/<integer version>/`, the layout TensorFlow Serving loads. It
 is written into a hidden temporary directory beside it and renamed only when complete, so a
@@ -8,7 +8,12 @@ Every export has two signatures with the same outputs (`classes` int64 [N], `pro
 float32 [N, num_classes]): `serving_default` takes float images in [0, 1] (`images`), and
 `image_bytes:serving_default` takes encoded PNG/JPEG/GIF/BMP images (`image_bytes`, [N] string)
 that the graph decodes, converts to the model's channels and resizes. The names follow the
-Estimator's convention for alternative receivers, so both models answer the same client code.
+Estimator's convention for alternative receivers, so both models answer the same client code;
+each is also there under the Estimator's other name (`predict`, `image_bytes:predict`), which
+ResNet exports had while the Estimator wrote them.
+
+A model exports with `export_model(export_dir, image_shape, build_outputs, checkpoint, ...)`:
+build_outputs(images) builds its inference graph, whose variables the checkpoint restores.
 """
 
 import json
@@ -22,6 +27,9 @@ import tensorflow as tf
 IMAGES_INPUT = 'images'
 IMAGE_BYTES_INPUT = 'image_bytes'
 DEFAULT_SIGNATURE = 'serving_default'
+PREDICT_SIGNATURE = 'predict'
+OUTPUTS = ('classes', 'probabilities')
+SAVED_MODEL_FILES = ('saved_model.pb', 'saved_model.pbtxt')
 # What an export needs to say beyond its signatures: the dtype its graph computes in (a bf16
 # ResNet computes in bf16 wherever it is served). TF Serving ignores assets.extra apart from
 # warm-up requests.
@@ -105,17 +113,53 @@ def serving_inputs(image_shape, accept_flat=False):
   return images_input, image_bytes, images
 
 
-def estimator_receiver(image_shape, image_bytes_default=False):
-  """The Estimator's serving input with both signatures (above); `serving_default`
-  takes float images, or encoded images when image_bytes_default is set, and the other input
-  gets the Estimator's alternative signature `<input>:serving_default`."""
-  images_input, image_bytes_input, images = serving_inputs(image_shape)
-  receivers = {IMAGES_INPUT: {IMAGES_INPUT: images_input},
-               IMAGE_BYTES_INPUT: {IMAGE_BYTES_INPUT: image_bytes_input}}
+def signature_defs(images_input, image_bytes_input, outputs, image_bytes_default=False):
+  """Every export's signatures (see the module note): `serving_default` takes float images, or
+  encoded images with image_bytes_default, and the other input gets `<input>:serving_default`.
+  """
+  inputs = {IMAGES_INPUT: images_input, IMAGE_BYTES_INPUT: image_bytes_input}
   default = IMAGE_BYTES_INPUT if image_bytes_default else IMAGES_INPUT
-  alternatives = {name: tensors for name, tensors in receivers.items() if name != default}
-  return tf.estimator.export.ServingInputReceiver(
-      images, receivers[default], receiver_tensors_alternatives=alternatives)
+  defs = {}
+  for name, tensor in inputs.items():
+    signature = tf.compat.v1.saved_model.predict_signature_def(inputs={name: tensor},
+                                                               outputs=outputs)
+    prefix = '' if name == default else name + ':'
+    for signature_name in (DEFAULT_SIGNATURE, PREDICT_SIGNATURE):
+      defs[prefix + signature_name] = signature
+  return defs
+
+
+def export_model(export_dir, image_shape, build_outputs, checkpoint_path, compute_dtype,
+                 image_bytes_default=False, accept_flat=False):
+  """Exports a checkpoint as a new version under export_dir; returns its path.
+
+  Args:
+    export_dir: base directory of versions.
+    image_shape: [h, w, c] of the model's input.
+    build_outputs: fn(images [N, h, w, c] float32 in [0, 1]) -> {'classes', 'probabilities'},
+      building the inference graph with the checkpoint's variable names.
+    checkpoint_path: the checkpoint to restore every variable of that graph from.
+    compute_dtype: the dtype the graph computes in, recorded in SERVING_INFO.
+    image_bytes_default: `serving_default` takes encoded images.
+    accept_flat: `images` also takes [N, h*w*c] (see serving_inputs).
+  """
+  def write(path):
+    with tf.Graph().as_default() as graph:
+      images_input, image_bytes_input, images = serving_inputs(image_shape, accept_flat)
+      outputs = build_outputs(images)
+      saver = tf.compat.v1.train.Saver()
+      with tf.compat.v1.Session(graph=graph) as sess:
+        saver.restore(sess, checkpoint_path)
+        builder = tf.compat.v1.saved_model.Builder(path)
+        builder.add_meta_graph_and_variables(
+            sess, [tf.compat.v1.saved_model.tag_constants.SERVING],
+            signature_def_map=signature_defs(images_input, image_bytes_input,
+                                             {k: outputs[k] for k in OUTPUTS},
+                                             image_bytes_default),
+            strip_default_attrs=True)
+        builder.save()
+    write_serving_info(path, {'compute_dtype': compute_dtype})
+  return export_atomically(export_dir, write)
 
 
 def version_number(name):
@@ -140,6 +184,12 @@ def existing_versions(export_dir):
     if number is not None and os.path.isdir(os.path.join(export_dir, name)):
       versions.append(number)
   return sorted(versions)
+
+
+def loadable_versions(base_path):
+  """Integer version directories under base_path that hold a SavedModel, ascending."""
+  return [v for v in existing_versions(base_path) if any(
+      os.path.exists(os.path.join(base_path, str(v), f)) for f in SAVED_MODEL_FILES)]
 
 
 def next_version(export_dir):
@@ -185,7 +235,8 @@ def remove_stale_staging(export_dir):
   """Removes staging directories that a killed export left behind; returns their names.
 
   A staging directory belongs to the process whose pid its name carries, and is stale once that
-  process is gone; `temp-*` directories are the Estimator's own staging from older versions.
+  process is gone; `temp-*` directories are the Estimator's own staging, which exports of
+  earlier versions of this project used.
   """
   if not os.path.isdir(export_dir):
     return []
@@ -224,15 +275,3 @@ def export_atomically(export_dir, write_fn):
     return final
   finally:
     shutil.rmtree(staging, ignore_errors=True)
-
-
-def export_estimator(estimator, export_dir, receiver_fn, serving_info):
-  """Exports an Estimator through export_atomically, with its SERVING_INFO."""
-  def write(path):
-    # The Estimator writes <base>/<timestamp>/ by a rename of its own; base is our staging.
-    base = path + '-estimator'
-    written = estimator.export_saved_model(base, receiver_fn)
-    written = written.decode() if isinstance(written, bytes) else written
-    write_serving_info(written, serving_info)
-    os.rename(written, path)
-  return export_atomically(export_dir, write)

@@ -1,10 +1,9 @@
-"""The tf.data record pipeline every Estimator input shares, and its synthetic stand-in.
+"""The tf.data record pipeline every Estimator input shares.
 
 Kept apart from the run loops so that the data layer (mnist_cnn/input_data.py) depends on
 nothing above it: importing the data module loads no model, run loop or cluster code.
 """
 
-import numpy as np
 import tensorflow as tf
 
 
@@ -46,20 +45,3 @@ def process_record_dataset(dataset, is_training, batch_size, shuffle_buffer, par
     options.threading.private_threadpool_size = datasets_num_private_threads
     dataset = dataset.with_options(options)
   return dataset
-
-
-def get_synth_input_fn(height, width, num_channels, num_classes):
-  """Returns an input function of random data with the signature of real ones.
-
-  One seeded random batch (pixels uniform in [0, 1], labels uniform over ALL classes) is made
-  with numpy and repeated forever: it measures the model, not the input pipeline.
-  """
-  def synth_input_fn(is_training, data_dir, batch_size, num_epochs=1, dtype=tf.float32,
-                     seed=None, **unused_kwargs):
-    del is_training, data_dir, num_epochs
-    rng = np.random.RandomState(seed)
-    images = rng.uniform(size=(batch_size, height, width, num_channels)).astype(np.float32)
-    labels = rng.randint(0, num_classes, size=batch_size).astype(np.int32)
-    dataset = tf.data.Dataset.from_tensors((tf.cast(images, dtype), labels)).repeat()
-    return dataset.prefetch(tf.data.AUTOTUNE)
-  return synth_input_fn

@@ -89,6 +89,15 @@ def define_base_flags(flag_values=flags.FLAGS):
       message='--hooks takes only these names: %s' % ', '.join(HOOK_NAMES), **fv)
 
 
+def define_dtype_flag(choices, flag_values=flags.FLAGS):
+  """--dtype over choices, names of precision.DTYPES (the one vocabulary)."""
+  flags.DEFINE_enum('dtype', 'fp32', list(choices),
+                    'What the layers compute in: %s. Variables, optimizer updates and the loss '
+                    'stay float32. On a CPU bf16 is TensorFlow\'s oneDNN bfloat16 rewrite (see '
+                    '--bf16_fallback); on a GPU fp16/bf16 are casts in the model.' %
+                    ', '.join(choices), flag_values=flag_values)
+
+
 def set_defaults(flag_values=flags.FLAGS, **kwargs):
   """Sets several flag defaults at once (before parsing)."""
   for name, value in kwargs.items():

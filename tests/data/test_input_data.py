@@ -15,9 +15,7 @@ import pytest
 import tensorflow as tf
 
 from mnist_cnn import input_data
-from official.utils import record_pipeline
 from tests import conftest
-
 
 
 def _rewrite(directory, name, data):
@@ -316,13 +314,33 @@ def test_input_fn_training_epoch_covers_each_example_once(idx_dir):
     assert labels_by_image[image.tobytes()] == label
 
 
-def test_synthetic_input_fn_has_the_same_signature_and_covers_all_classes():
-  input_fn = record_pipeline.get_synth_input_fn(28, 28, 1, num_classes=10)
-  batches = _take(lambda: input_fn(True, None, batch_size=512, seed=0), 1)
+def test_synthetic_data_goes_through_the_same_pipeline_and_covers_all_classes():
+  raw = input_data.load_data('/nonexistent', use_synthetic_data=True, seed=3)
+  assert raw.describe() == {'image_shape': [28, 28, 1], 'num_classes': 10,
+                            'train_examples': 1024, 'test_examples': 256}
+  batches = _take(lambda: input_data.raw_input_fn(raw, True, batch_size=512, seed=0), 1)
   images, labels = batches[0]
   assert images.shape == (512, 28, 28, 1) and images.dtype == np.float32
   assert labels.dtype == np.int32
   assert sorted(set(labels)) == list(range(10))
+  again = input_data.load_data('/nonexistent', use_synthetic_data=True, seed=3)
+  np.testing.assert_array_equal(again.train_images, raw.train_images)  # seeded
+  assert not np.array_equal(input_data.synthetic_raw_data(seed=4).train_images,
+                            raw.train_images)
+
+
+def test_a_data_dir_is_read_once_whichever_way_it_is_named(idx_dir, monkeypatch):
+  calls = []
+  real = input_data.load_idx_dataset
+  monkeypatch.setattr(input_data, 'load_idx_dataset',
+                      lambda *args: calls.append(args) or real(*args))
+  input_data._load_cached.cache_clear()  # pylint: disable=protected-access
+  first = input_data.load_data(idx_dir)
+  relative = os.path.relpath(idx_dir)
+  _take(lambda: input_data.input_fn(True, relative + os.sep, batch_size=8), 1)
+  input_data.read_data_sets(idx_dir, validation_size=0)
+  assert len(calls) == 1
+  assert input_data.load_data(idx_dir) is first
 
 
 def test_training_shifts_move_digits_by_at_most_the_given_pixels():

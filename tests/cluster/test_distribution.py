@@ -16,7 +16,7 @@ from mnist_cnn import resnet_main
 from official.utils import distribution_utils
 from tests import conftest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
 ENV.pop('TF_CONFIG', None)
 

@@ -1,6 +1,6 @@
 """Serving speed: the REST server against a direct in-process call of the same SavedModel.
 
-  python benchmarks/serving.py --export_dir=EXPORT_DIR [--rounds=3] [--clients=16]
+  python benchmarks/serving_latency.py --export_dir=EXPORT_DIR [--rounds=3] [--clients=16]
 
 Measures, in rounds that alternate between the paths:
 - batch-1 latency (p50/p99 ms) of one image: in process (TF1 Session on the loaded export) and
@@ -31,7 +31,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from mnist_cnn import predict  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mnist_cnn import serving  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mnist_cnn.serving import models  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 class ServerProcess(object):
@@ -157,7 +157,7 @@ def main(argv=None):
 
   version_dir = predict.resolve_export(args.export_dir)
   base_path = os.path.dirname(os.path.abspath(version_dir))
-  loaded = serving.LoadedVersion(0, version_dir)
+  loaded = models.LoadedVersion(0, version_dir)
   signature = loaded.signatures['serving_default']
   shape = [d if d > 0 else 1 for d in (signature.inputs['images'].shape or [1, 28, 28, 1])]
   image = np.random.RandomState(0).rand(*shape).astype(np.float32)

@@ -23,7 +23,7 @@ from official.utils import run_dir
 from official.utils.logs import run_record
 from tests import conftest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=REPO)
 ALEXNET = ['--batch_size=100', '--validation_size=0', '--optimizer=adam',
            '--learning_rate=0.001']

@@ -3,8 +3,7 @@
 Each test here failed on the server before the reliability work: one client answered with
 another's rows, image bombs decoded, GIF/BMP refused, 500s for deep lists, coercion of
 null/true/strings, stalled connections never closed, a stray '²' directory stopping the version
-poll, a half-copied version never retried, a deleted one served on.
-"""
+poll, a half-copied version never retried, a deleted one served on."""
 
 import asyncio
 import concurrent.futures
@@ -21,16 +20,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_cnn import image_headers
-from mnist_cnn import serve
-from mnist_cnn import serving
-from official.utils import export
-from tests import test_serve
-
-sys.path.insert(0, test_serve.REPO)
 from benchmarks import serving_abuse  # pylint: disable=g-import-not-at-top,wrong-import-position
+from mnist_cnn.serving import batching
+from mnist_cnn.serving import image_headers
+from mnist_cnn.serving import models
+from mnist_cnn.serving import rest_api
+from tests import server_helpers
 
-BYTES_SIGNATURE = test_serve.BYTES_SIGNATURE
 PATH = '/v1/models/mnist:predict'
 
 
@@ -42,8 +38,8 @@ def _rss_mb(pid):
 def shared_server(exports, tmp_path_factory):
   """One server for the tests that only send requests (10 images per request at most)."""
   base = tmp_path_factory.mktemp('shared_models')
-  test_serve._publish(exports['alexnet'], base, 1)  # pylint: disable=protected-access
-  one = test_serve.Server(base, '--max_images_per_request=10')
+  server_helpers.publish(exports['alexnet'], base, 1)
+  one = server_helpers.Server(base, '--max_images_per_request=10')
   yield one
   one.stop()
 
@@ -52,11 +48,11 @@ def shared_server(exports, tmp_path_factory):
 def server(exports, tmp_path):
   base = tmp_path / 'models'
   base.mkdir()
-  test_serve._publish(exports['alexnet'], base, 1)  # pylint: disable=protected-access
+  server_helpers.publish(exports['alexnet'], base, 1)
   started = []
 
   def start(*extra):
-    started.append(test_serve.Server(base, *extra))
+    started.append(server_helpers.Server(base, *extra))
     started[-1].base = base
     return started[-1]
 
@@ -67,11 +63,6 @@ def server(exports, tmp_path):
 
 def _encoded(image, fmt):
   return serving_abuse.encoded(image, fmt)
-
-
-################################################################################
-# Image headers
-################################################################################
 
 
 @pytest.mark.parametrize('fmt,mode', [('PNG', 'L'), ('PNG', 'RGBA'), ('JPEG', 'L'),
@@ -96,11 +87,6 @@ def test_bomb_headers_are_refused_and_unknown_bytes_pass():
     image_headers.check_pixels(image_headers.PNG_MAGIC + b'\x00\x00', 10)
 
 
-################################################################################
-# The batcher, in process
-################################################################################
-
-
 def _toy_export(path):
   """A SavedModel whose outputs do not come one row per input row: y = reshape(x, [-1, 1])."""
   with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
@@ -118,7 +104,7 @@ def _run_batcher(loaded, requests, max_batch_size=8):
   """Runs the (signature, feeds, rows) requests together through one Batcher."""
   async def scenario():
     executor = concurrent.futures.ThreadPoolExecutor(2)
-    batcher = serving.Batcher(executor, max_batch_size=max_batch_size, batch_timeout_s=0.05,
+    batcher = batching.Batcher(executor, max_batch_size=max_batch_size, batch_timeout_s=0.05,
                               num_batch_threads=1)
     results = await asyncio.gather(*[batcher.run(loaded, *r) for r in requests],
                                    return_exceptions=True)
@@ -131,7 +117,7 @@ def _run_batcher(loaded, requests, max_batch_size=8):
 def test_batcher_never_hands_a_request_another_requests_rows(tmp_path):
   path = str(tmp_path / 'toy')
   _toy_export(path)
-  loaded = serving.LoadedVersion(1, path)
+  loaded = models.LoadedVersion(1, path)
   try:
     signature = loaded.signatures['serving_default']
     assert signature.batchable
@@ -145,10 +131,10 @@ def test_batcher_never_hands_a_request_another_requests_rows(tmp_path):
 
 
 def test_large_request_runs_in_parts_of_max_batch_size(exports):
-  loaded = serving.LoadedVersion(1, exports['alexnet'])
+  loaded = models.LoadedVersion(1, exports['alexnet'])
   try:
     signature = loaded.signatures['serving_default']
-    images = test_serve._images(20, seed=9)  # pylint: disable=protected-access
+    images = server_helpers.images(20, seed=9)
     want = loaded.run(signature, {'images': images})
     results, calls = _run_batcher(loaded, [(signature, {'images': images}, 20)])
   finally:
@@ -181,7 +167,7 @@ def test_a_cancelled_large_request_makes_no_further_calls():
 
   async def scenario():
     executor = concurrent.futures.ThreadPoolExecutor(2)
-    batcher = serving.Batcher(executor, max_batch_size=8, batch_timeout_s=0.01,
+    batcher = batching.Batcher(executor, max_batch_size=8, batch_timeout_s=0.01,
                               num_batch_threads=1)
     task = asyncio.ensure_future(batcher.run(version, _Signature(),
                                              {'x': np.zeros((80, 1), np.float32)}, 80))
@@ -198,19 +184,14 @@ def test_a_cancelled_large_request_makes_no_further_calls():
   assert calls < 10 and version.rows_computed < 80
 
 
-################################################################################
-# Requests over HTTP
-################################################################################
-
-
 def test_image_bombs_are_refused_before_decoding(shared_server):
   s = shared_server
   png = serving_abuse.png_bomb(20000)
   gif = serving_abuse.gif_bomb(20000)
   before = _rss_mb(s.process.pid)
-  for body in ([test_serve._b64(png)], [test_serve._b64(gif)],  # pylint: disable=protected-access
-               [test_serve._b64(png), test_serve._b64(png)]):  # pylint: disable=protected-access
-    status, answer = s.predict({'signature_name': BYTES_SIGNATURE, 'instances': body})
+  for body in ([server_helpers.b64(png)], [server_helpers.b64(gif)],
+               [server_helpers.b64(png), server_helpers.b64(png)]):
+    status, answer = s.predict({'signature_name': server_helpers.BYTES_SIGNATURE, 'instances': body})
     assert status == 400, answer
     assert 'pixels' in answer['error'] and 'limit of 4194304' in answer['error']
   # Decoding one of them took 1.6 GB that stayed; refusing them costs nothing lasting.
@@ -223,8 +204,8 @@ def test_gif_bmp_and_jpeg_digits_get_the_pngs_class(shared_server, exports, tmp_
   for seed in range(3):
     image = serving_abuse.digit_image(seed)
     for fmt in ('PNG', 'GIF', 'BMP', 'JPEG'):
-      status, answer = s.predict({'signature_name': BYTES_SIGNATURE,
-                                  'instances': [test_serve._b64(_encoded(image, fmt))]})  # pylint: disable=protected-access
+      status, answer = s.predict({'signature_name': server_helpers.BYTES_SIGNATURE,
+                                  'instances': [server_helpers.b64(_encoded(image, fmt))]})
       assert status == 200, (fmt, answer)
       classes[seed, fmt] = answer['predictions'][0]['classes']
       path = tmp_path / ('digit%d.%s' % (seed, fmt.lower()))
@@ -233,7 +214,7 @@ def test_gif_bmp_and_jpeg_digits_get_the_pngs_class(shared_server, exports, tmp_
   result = subprocess.run(
       [sys.executable, '-m', 'mnist_cnn.predict', '--export_dir=' + exports['alexnet']] +
       sorted(str(p) for p in tmp_path.glob('digit*')), capture_output=True, text=True,
-      env=test_serve.ENV, cwd=test_serve.REPO, timeout=300)
+      env=server_helpers.ENV, cwd=server_helpers.REPO, timeout=300)
   assert result.returncode == 0, result.stdout + result.stderr
   for line in result.stdout.strip().splitlines():
     name = os.path.basename(line.split(':')[0])
@@ -246,7 +227,7 @@ def test_predict_cli_refuses_a_bomb_from_its_header(exports, tmp_path):
   bomb.write_bytes(serving_abuse.png_bomb(20000))
   result = subprocess.run(
       [sys.executable, '-m', 'mnist_cnn.predict', '--export_dir=' + exports['alexnet'],
-       str(bomb)], capture_output=True, text=True, env=test_serve.ENV, cwd=test_serve.REPO,
+       str(bomb)], capture_output=True, text=True, env=server_helpers.ENV, cwd=server_helpers.REPO,
       timeout=300)
   assert result.returncode == 1
   assert 'bomb.png: error: the image has 400000000 pixels' in result.stdout
@@ -371,7 +352,7 @@ def test_connections_over_the_cap_are_closed_at_once(server):
 
 def test_repeated_log_messages_are_held_back_and_counted():
   lines, now = [], [0.0]
-  log = serve.RateLimitedLog(interval_s=60, log=lines.append, clock=lambda: now[0])
+  log = rest_api.RateLimitedLog(interval_s=60, log=lines.append, clock=lambda: now[0])
   for _ in range(100):
     log('accept', 'socket.accept() out of system resource')
   now[0] = 61.0
@@ -382,26 +363,11 @@ def test_repeated_log_messages_are_held_back_and_counted():
                    '60 s)', 'something else']
 
 
-################################################################################
-# Versions on disk
-################################################################################
-
-
-def test_version_names_are_ascii_digits_within_int64(tmp_path):
-  for name in ('\u00b2', '\u0663', '9' * 250, '9' * 19, '12a', '7'):
-    (tmp_path / name).mkdir()
-  assert export.existing_versions(str(tmp_path)) == [7]
-  assert export.version_number(str(export.INT64_MAX)) == export.INT64_MAX
-  assert export.next_version(str(tmp_path)) > 7
-  path = export.export_atomically(str(tmp_path), lambda p: os.mkdir(p))
-  assert os.path.isdir(path) and export.version_number(os.path.basename(path))
-
-
 def test_stray_unicode_digit_directory_does_not_stop_version_polling(server, exports):
   s = server()
   (s.base / '\u00b2').mkdir()
-  test_serve._publish(exports['alexnet_2'], s.base, 2)  # pylint: disable=protected-access
-  test_serve._wait_for_version(s, '2')  # pylint: disable=protected-access
+  server_helpers.publish(exports['alexnet_2'], s.base, 2)
+  server_helpers.wait_for_version(s, '2')
 
 
 def test_half_copied_version_is_retried_and_a_deleted_one_unloaded(server, exports):
@@ -418,9 +384,9 @@ def test_half_copied_version_is_retried_and_a_deleted_one_unloaded(server, expor
     source = os.path.join(exports['alexnet_2'], name)
     if os.path.isdir(source):
       shutil.copytree(source, str(partial / name))
-  test_serve._wait_for_version(s, '2')  # pylint: disable=protected-access
+  server_helpers.wait_for_version(s, '2')
   shutil.rmtree(str(partial))
-  test_serve._wait_for_version(s, '1')  # pylint: disable=protected-access
+  server_helpers.wait_for_version(s, '1')
   assert 'retiring version 2' in ''.join(s.output)
   shutil.rmtree(str(s.base / '1'))
   deadline = time.monotonic() + 60
@@ -428,19 +394,3 @@ def test_half_copied_version_is_retried_and_a_deleted_one_unloaded(server, expor
     time.sleep(0.1)
   status, answer = s.request('GET', '/v1/models/mnist')
   assert status == 404 and 'Servable not found' in answer['error']
-
-
-################################################################################
-# The probe
-################################################################################
-
-
-@pytest.mark.slow
-def test_abuse_probe_runs_every_case_in_quick_mode(exports, capsys):
-  rows = serving_abuse.main(['--export_dir=' + exports['alexnet'], '--quick',
-                             '--header_timeout_s=2'])
-  names = [r['case'] for r in rows]
-  assert len(names) >= 20 and any('stalled' in n for n in names)
-  failed = [r for r in rows if not r['ok'] and 'RSS' not in r['expected']]
-  assert failed == []
-  assert '| case |' in capsys.readouterr().out

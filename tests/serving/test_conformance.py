@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_cnn import serving
-from tests import test_serve
+from mnist_cnn.serving import json_tensors
+from tests import server_helpers
 
 
 def _toy_export(path):
@@ -48,7 +48,7 @@ def _toy_export(path):
 def toy_server(tmp_path_factory):
   base = tmp_path_factory.mktemp('toy')
   _toy_export(str(base / '123'))
-  server = test_serve.Server(base, '--model_name=toy')
+  server = server_helpers.Server(base, '--model_name=toy')
   yield server
   server.stop()
 
@@ -101,8 +101,8 @@ def test_float32_is_written_with_six_significant_digits(toy_server):
 
 def test_float32_text_reads_back_to_the_same_float32():
   for value in np.random.RandomState(0).standard_normal(1000).astype(np.float32) * 1e3:
-    assert np.float32(float(serving._float32_text(float(value)))) == value  # pylint: disable=protected-access
-  assert serving._float32_text(math.nan) == 'NaN'  # pylint: disable=protected-access
+    assert np.float32(float(json_tensors._float32_text(float(value)))) == value
+  assert json_tensors._float32_text(math.nan) == 'NaN'
 
 
 @pytest.mark.parametrize('encoded', [

@@ -10,11 +10,12 @@ import pytest
 import tensorflow as tf
 
 from mnist_cnn import alexnet_main
-from mnist_cnn import cli
+from mnist_cnn import input_data
 from mnist_cnn import report
+from official.utils import lifecycle
 from official.utils.logs import run_record
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
 
@@ -163,14 +164,15 @@ def test_resnet_losses_and_parameters_come_from_older_runs_files(tmp_path):
 
 
 def test_a_real_run_records_what_the_report_needs(tmp_path, learnable_idx_dir):
-  """cli.run_main marks the ending; the AlexNet main records losses and its parameter count."""
+  """lifecycle.run_main marks the ending; the AlexNet main records losses and its parameter count."""
   model_dir = str(tmp_path / 'runs' / 'tiny')
   flag_values = flags.FlagValues()
   alexnet_main.define_alexnet_flags(flag_values)
   flag_values(['prog', '--data_dir=' + learnable_idx_dir, '--model_dir=' + model_dir,
                '--train_epochs=2', '--batch_size=50', '--optimizer=adam',
                '--learning_rate=0.001', '--init=he', '--validation_size=0'])
-  cli.run_main(alexnet_main.run_alexnet, flag_values)
+  lifecycle.run_main(alexnet_main.run_alexnet, flag_values,
+                       user_errors=input_data.DATA_ERRORS)
   run, = report.load_runs([str(tmp_path / 'runs')], use_tf_fallbacks=False)
   assert run.status == 'ok'
   assert run.model == 'alexnet'
@@ -183,7 +185,7 @@ def test_a_real_run_records_what_the_report_needs(tmp_path, learnable_idx_dir):
     raise RuntimeError('out of memory')
   flag_values.train_epochs = 4
   with pytest.raises(RuntimeError):
-    cli.run_main(crash, flag_values)
+    lifecycle.run_main(crash, flag_values)
   run, = report.load_runs([str(tmp_path / 'runs')], use_tf_fallbacks=False)
   assert run.status == 'failed: RuntimeError: out of memory'
 

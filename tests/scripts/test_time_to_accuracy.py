@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ALEXNET_FLAGS = ['--batch_size=50', '--validation_size=0', '--optimizer=adam',
                  '--learning_rate=0.001', '--train_epochs=6']
 

@@ -10,9 +10,10 @@ import tensorflow as tf
 
 from mnist_cnn import alexnet_main
 from mnist_cnn import alexnet_model
-from mnist_cnn import cli
+from mnist_cnn import input_data
 from mnist_cnn import resnet_main
 from official.resnet import resnet_run_loop
+from official.utils import lifecycle
 from official.utils import precision
 from tests import conftest
 
@@ -133,7 +134,8 @@ def test_refused_bf16_leaves_an_existing_run_untouched(tmp_path, learnable_idx_d
       '--data_dir=' + learnable_idx_dir, '--model_dir=%s' % model_dir, '--clean',
       '--dtype=bf16', '--bf16_fallback=error'])
   with pytest.raises(SystemExit) as exit_info:
-    cli.run_main(alexnet_main.run_alexnet, flag_values)
+    lifecycle.run_main(alexnet_main.run_alexnet, flag_values,
+                       user_errors=input_data.DATA_ERRORS)
   assert 'neither AVX512-BF16 nor AMX' in str(exit_info.value.code)
   assert sorted(os.listdir(str(model_dir))) == ['checkpoint']  # --clean did not run
   del capsys

@@ -1,0 +1,174 @@
+"""The Estimator run loop through the run lifecycle: train, resume, stop, evaluate, warm start, export, flags."""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import flags
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnist_cnn import resnet_main
+from official.resnet import resnet_run_loop
+from official.utils import session_config
+from official.utils.logs import run_record
+from tests import model_helpers
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=REPO)
+
+
+def make_flags(argv=()):
+  flag_values = flags.FlagValues()
+  resnet_main.define_mnist_flags(flag_values)
+  flag_values(['resnet_main'] + list(argv))
+  return flag_values
+
+
+def test_thread_pool_settings_are_computed_from_values(monkeypatch):
+  monkeypatch.delenv('TF_GPU_THREAD_MODE', raising=False)
+  monkeypatch.delenv('TF_GPU_THREAD_COUNT', raising=False)
+  values = session_config.gpu_thread_settings(0, None, 'gpu_private', 3, num_gpus=2)
+  assert os.environ['TF_GPU_THREAD_MODE'] == 'gpu_private'
+  assert os.environ['TF_GPU_THREAD_COUNT'] == '3'
+  assert values['inter_op_parallelism_threads'] == 4  # two per GPU
+  assert values['datasets_num_private_threads'] >= 1
+  plain = session_config.gpu_thread_settings(0, 2, None, 0)
+  assert plain == {'inter_op_parallelism_threads': 0, 'datasets_num_private_threads': 2}
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--resnet_size=19'], 'value should be one of <18|34|50|101|152|200>'),
+    (['--resnet_version=3'], 'value should be one of <1|2>'),
+    (['--hooks=LoggingTensorHook,badhook'], '--hooks takes only these names'),
+    (['--dtype=fp64'], 'value should be one of <fp32|fp16|bf16>'),
+    (['--label_smoothing=1.5'], '--label_smoothing must be in'),
+    (['--weight_decay=-1'], '--weight_decay must be zero or more'),
+])
+def test_bad_flags_fail_with_a_clear_message(argv, message):
+  with pytest.raises(flags.IllegalFlagValueError, match=message.replace('|', r'\|')):
+    make_flags(argv)
+
+
+def _run_main(tmp_path, data_dir, extra=(), name='model'):
+  argv = ['--data_dir=%s' % data_dir, '--model_dir=%s' % (tmp_path / name),
+          '--num_filters=4', '--batch_size=50', '--warmup_epochs=0'] + list(extra)
+  return resnet_main.run_resnet(make_flags(argv))
+
+
+@pytest.mark.slow
+def test_end_to_end_on_tiny_idx_data_with_export_loaded_in_a_fresh_process(
+    tmp_path, learnable_idx_dir):
+  export_dir = str(tmp_path / 'export')
+  results = _run_main(tmp_path, learnable_idx_dir, [
+      '--train_epochs=2', '--export_dir=%s' % export_dir, '--shift_pixels=0',
+      '--hooks=LoggingTensorHook,ExamplesPerSecondHook'])
+  assert results['global_step'] == 2 * 8  # 400 images / 50
+  assert 0 <= results['accuracy'] <= 1 and 'accuracy_top_5' in results
+  model_dir = str(tmp_path / 'model')
+  records = run_record.read_metrics(model_dir)
+  assert [r['epoch'] for r in records] == [1, 2]
+  with open(os.path.join(model_dir, 'flags.json')) as f:
+    recorded = json.load(f)
+  assert recorded['resnet_size'] == '18' and recorded['model'] == 'resnet'
+  version = os.path.basename(results['export_path'])
+  assert version.isdigit() and os.listdir(export_dir) == [version]
+
+  images = np.random.RandomState(1).rand(4, 28, 28, 1).astype(np.float32)
+  np.save(str(tmp_path / 'images.npy'), images)
+  script = (
+      'import sys, numpy as np, tensorflow as tf\n'
+      'fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]\n'
+      'out = fn(images=tf.constant(np.load(sys.argv[2])))\n'
+      'assert out["probabilities"].shape == (4, 10)\n'
+      'np.save(sys.argv[3], out["probabilities"].numpy())\n')
+  result = subprocess.run([sys.executable, '-c', script, results['export_path'],
+                           str(tmp_path / 'images.npy'), str(tmp_path / 'probs.npy')],
+                          capture_output=True, text=True, timeout=120, env=ENV)
+  assert result.returncode == 0, result.stderr[-2000:]
+  exported = np.load(str(tmp_path / 'probs.npy'))
+
+  # The Estimator's own predictions from the checkpoint agree with the export.
+  estimator = tf.estimator.Estimator(
+      resnet_run_loop.resnet_model_fn, model_dir=model_dir,
+      params=model_helpers.resnet_params(model=lambda dtype: resnet_main.MnistModel(
+          18, 10, num_filters=4, data_format='channels_last', dtype=dtype)))
+  predicted = np.array([p['probabilities'] for p in estimator.predict(
+      lambda: tf.data.Dataset.from_tensor_slices(images).batch(4))])
+  np.testing.assert_allclose(exported, predicted, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_resume_continues_to_the_target_and_does_not_retrain(tmp_path, learnable_idx_dir):
+  first = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=1'])
+  assert first['global_step'] == 8
+  second = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=2'])
+  assert second['global_step'] == 16
+  again = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=2'])
+  assert again['global_step'] == 16
+  records = run_record.read_metrics(str(tmp_path / 'model'))
+  assert [r['epoch'] for r in records] == [1, 1, 2, 1, 2]
+  assert records[-1]['seconds'] == 0.0  # nothing left to train
+
+
+def test_stop_threshold_stops_after_the_first_evaluation_that_reaches_it(
+    tmp_path, learnable_idx_dir):
+  results = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=5',
+                                                    '--stop_threshold=0.01'])
+  # An untrained batch norm can score 0 on the 100 test images: the first epoch that reaches
+  # the threshold ends the run, whichever it is (8 steps an epoch).
+  epochs = [r for r in run_record.read_metrics(str(tmp_path / 'model')) if 'epoch' in r]
+  assert epochs[-1]['accuracy'] >= 0.01 and len(epochs) < 5
+  assert all(r['accuracy'] < 0.01 for r in epochs[:-1])
+  assert results['global_step'] == 8 * len(epochs)
+
+
+@pytest.mark.slow
+def test_synthetic_data_run_with_max_train_steps_and_image_bytes_export(tmp_path):
+  export_dir = str(tmp_path / 'export')
+  results = resnet_main.run_resnet(make_flags([
+      '--use_synthetic_data', '--model_dir=%s' % (tmp_path / 'model'), '--num_filters=4',
+      '--batch_size=8', '--max_train_steps=2', '--export_dir=%s' % export_dir,
+      '--image_bytes_as_serving_input']))
+  assert results['global_step'] == 2
+  png = tf.io.encode_png(tf.cast(tf.random.uniform([40, 30, 3], maxval=255), tf.uint8))
+  fn = tf.saved_model.load(results['export_path']).signatures['serving_default']
+  out = fn(image_bytes=tf.stack([png, png]))
+  assert out['probabilities'].shape == (2, 10)
+  assert out['classes'].dtype == tf.int64
+
+
+def test_eval_only_evaluates_the_existing_checkpoint(tmp_path, learnable_idx_dir):
+  _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=1'])
+  results = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=3', '--eval_only'])
+  assert results['global_step'] == 8
+
+
+def test_broken_data_file_exits_with_one_line(tmp_path, learnable_idx_dir):
+  with open(os.path.join(learnable_idx_dir, 't10k-images-idx3-ubyte.gz'), 'wb') as f:
+    f.write(b'\x1f\x8b garbage')
+  result = subprocess.run(
+      [sys.executable, '-m', 'mnist_cnn.resnet_main', '--data_dir=%s' % learnable_idx_dir,
+       '--model_dir=%s' % (tmp_path / 'm')], capture_output=True, text=True, timeout=120,
+      env=ENV, cwd=REPO)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'error: t10k-images-idx3-ubyte.gz: corrupt gzip stream')
+
+
+@pytest.mark.slow
+def test_warm_start_with_fine_tune_keeps_pretrained_convolutions(tmp_path, learnable_idx_dir):
+  _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=1'], name='pretrained')
+  pretrained = tf.train.latest_checkpoint(str(tmp_path / 'pretrained'))
+  _run_main(tmp_path, learnable_idx_dir, [
+      '--train_epochs=1', '--max_train_steps=2', '--fine_tune',
+      '--pretrained_model_checkpoint_path=%s' % pretrained], name='tuned')
+  before = tf.train.load_checkpoint(pretrained)
+  after = tf.train.load_checkpoint(tf.train.latest_checkpoint(str(tmp_path / 'tuned')))
+  assert after.get_tensor('global_step') == 2
+  kernel = 'resnet_model/conv2d/kernel'
+  np.testing.assert_array_equal(after.get_tensor(kernel), before.get_tensor(kernel))
+  dense = 'resnet_model/dense/kernel'
+  assert not np.array_equal(after.get_tensor(dense), before.get_tensor(dense))

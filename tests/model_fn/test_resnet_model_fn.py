@@ -1,0 +1,135 @@
+"""resnet_model_fn in its three modes, weight decay, fine-tuning, and the learning rate."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from official.resnet import resnet_run_loop
+from official.utils.logs import hooks_helper
+from tests import model_helpers
+
+
+def _features_and_labels(batch=6):
+  rng = np.random.RandomState(0)
+  return (tf.constant(rng.rand(batch, 28, 28, 1).astype(np.float32)),
+          tf.constant(np.arange(batch) % 10, dtype=tf.int32))
+
+
+def test_model_fn_predict_mode_gives_classes_and_probabilities():
+  with tf.Graph().as_default():
+    features, _ = _features_and_labels()
+    spec = resnet_run_loop.resnet_model_fn(features, None, tf.estimator.ModeKeys.PREDICT,
+                                           model_helpers.resnet_params())
+    assert spec.predictions['classes'].dtype == tf.int64
+    assert spec.predictions['probabilities'].shape.as_list() == [6, 10]
+    assert 'predict' in spec.export_outputs
+
+
+def test_model_fn_eval_mode_gives_loss_and_accuracy_metrics():
+  with tf.Graph().as_default():
+    features, labels = _features_and_labels()
+    spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.EVAL,
+                                           model_helpers.resnet_params())
+    assert set(spec.eval_metric_ops) == {'accuracy', 'accuracy_top_5', 'cross_entropy'}
+    assert spec.train_op is None
+    with tf.compat.v1.Session() as sess:
+      sess.run([tf.compat.v1.global_variables_initializer(),
+                tf.compat.v1.local_variables_initializer()])
+      assert np.isfinite(sess.run(spec.loss))
+
+
+@pytest.mark.parametrize('dtype', ['fp32', 'fp16', 'bf16'])
+def test_model_fn_train_mode_trains_every_variable_with_a_finite_loss(dtype):
+  with tf.Graph().as_default() as graph:
+    features, labels = _features_and_labels()
+    spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
+                                           model_helpers.resnet_params(dtype=dtype))
+    assert spec.loss.dtype == tf.float32
+    for name in hooks_helper.TENSORS_TO_LOG.values():
+      assert graph.get_tensor_by_name(name + ':0') is not None
+    variables = tf.compat.v1.trainable_variables()
+    gradients = tf.gradients(spec.loss, variables)
+    assert all(g is not None for g in gradients)
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      before = sess.run(variables)
+      loss = sess.run(spec.loss)
+      sess.run(spec.train_op)
+      after = sess.run(variables)
+  assert np.isfinite(loss)
+  assert all(not np.array_equal(b, a) for b, a in zip(before, after))
+
+
+def test_batch_norm_updates_moving_averages_during_training():
+  with tf.Graph().as_default():
+    features, labels = _features_and_labels()
+    spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
+                                           model_helpers.resnet_params())
+    moving = [v for v in tf.compat.v1.global_variables() if 'moving_mean' in v.name]
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      sess.run(spec.train_op)
+      assert any(np.abs(value).max() > 0 for value in sess.run(moving))
+
+
+def test_weight_decay_excludes_batch_norm_variables():
+  with tf.Graph().as_default() as graph:
+    features, labels = _features_and_labels()
+    resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
+                                    model_helpers.resnet_params(weight_decay=0.01))
+    variables = tf.compat.v1.trainable_variables()
+    l2_loss = graph.get_tensor_by_name('l2_loss:0')
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      values, l2_value = sess.run([variables, l2_loss])
+  batch_norm = [v for v in variables if 'batch_normalization' in v.name]
+  assert batch_norm  # gamma and beta exist and are trainable ...
+  expected = 0.01 * sum(float(np.sum(value.astype(np.float64) ** 2)) / 2
+                        for variable, value in zip(variables, values)
+                        if 'batch_normalization' not in variable.name)
+  assert l2_value == pytest.approx(expected, rel=1e-4)  # ... but carry no decay
+
+
+def test_fine_tune_trains_only_the_dense_layer():
+  with tf.Graph().as_default():
+    features, labels = _features_and_labels()
+    spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
+                                           model_helpers.resnet_params(fine_tune=True))
+    variables = tf.compat.v1.trainable_variables()
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      before = sess.run(variables)
+      sess.run(spec.train_op)
+      after = sess.run(variables)
+  changed = {v.name for v, b, a in zip(variables, before, after) if not np.array_equal(b, a)}
+  assert changed == {'resnet_model/dense/kernel:0', 'resnet_model/dense/bias:0'}
+
+
+def test_learning_rate_values_at_and_around_boundaries():
+  rate_fn = resnet_run_loop.learning_rate_with_decay(
+      batch_size=128, batch_denom=256, num_images=1280, boundary_epochs=[2, 4],
+      decay_rates=[1, 0.1, 0.01], base_lr=0.2)  # 10 steps per epoch, base 0.1
+  with tf.Graph().as_default():
+    step = tf.compat.v1.placeholder(tf.int64, [])
+    rate = rate_fn(step)
+    with tf.compat.v1.Session() as sess:
+      values = {s: sess.run(rate, {step: s}) for s in (0, 19, 20, 21, 39, 40, 41, 1000)}
+  assert values[0] == pytest.approx(0.1) and values[19] == pytest.approx(0.1)
+  assert values[20] == pytest.approx(0.1) and values[21] == pytest.approx(0.01)
+  assert values[40] == pytest.approx(0.01) and values[41] == pytest.approx(0.001)
+  assert values[1000] == pytest.approx(0.001)
+
+
+def test_learning_rate_warms_up_linearly():
+  rate_fn = resnet_run_loop.learning_rate_with_decay(
+      batch_size=256, batch_denom=256, num_images=2560, boundary_epochs=[5],
+      decay_rates=[1, 0.1], base_lr=0.1, warmup_epochs=1)  # warm-up over 10 steps
+  with tf.Graph().as_default():
+    step = tf.compat.v1.placeholder(tf.int64, [])
+    rate = rate_fn(step)
+    with tf.compat.v1.Session() as sess:
+      assert sess.run(rate, {step: 0}) == pytest.approx(0.0)
+      assert sess.run(rate, {step: 5}) == pytest.approx(0.05)
+      assert sess.run(rate, {step: 10}) == pytest.approx(0.1)
+  with pytest.raises(ValueError, match='one more decay rate than boundaries'):
+    resnet_run_loop.learning_rate_with_decay(128, 256, 100, [1, 2], [1, 0.1])

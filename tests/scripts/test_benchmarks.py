@@ -1,0 +1,134 @@
+"""Every benchmark in smoke mode (tiny sizes: they check the scripts work, not the figures)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from benchmarks import cluster_scaling
+from benchmarks import serving_abuse
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO, PYTHONUNBUFFERED='1')
+
+
+@pytest.mark.slow
+def test_feeding_benchmark_runs_in_smoke_mode():
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'benchmarks', 'alexnet_feeding.py'),
+       '--batch_size=8', '--rounds=1', '--steps_per_window=2', '--num_examples=64'],
+      capture_output=True, text=True, timeout=600, env=ENV, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line.split('|')[1].strip() for line in result.stdout.splitlines()
+          if line.startswith('| ') and not line.startswith('| variant')]
+  assert rows == ['placeholder', 'tf.data', 'keras']
+
+
+@pytest.mark.slow
+def test_stem_benchmark_runs_in_smoke_mode():
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'benchmarks', 'resnet_stems.py'), '--batch_size=2',
+       '--rounds=1', '--steps_per_window=1'], capture_output=True, text=True, timeout=600,
+      env=ENV, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line for line in result.stdout.splitlines() if line.startswith('| ') and
+          not line.startswith('| stem')]
+  assert [row.split('|')[1].strip() for row in rows] == ['mnist', 'cifar', 'imagenet']
+
+
+@pytest.mark.slow
+def test_pipeline_benchmark_runs_in_smoke_mode():
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'benchmarks', 'resnet_pipeline.py'),
+       '--num_filters=4', '--batch_size=8', '--rounds=2', '--steps_per_window=2',
+       '--warmup_steps=1'], capture_output=True, text=True, timeout=600, env=ENV, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line.split('|') for line in result.stdout.splitlines()
+          if line.startswith('| ') and not line.startswith('| variant')]
+  assert [row[1].strip() for row in rows] == ['estimator', 'estimator_bf16', 'estimator_bf16_casts',
+                                                   'session', 'keras']
+  assert all(float(row[2].split()[0]) > 0 for row in rows)
+
+
+@pytest.mark.slow
+def test_serving_benchmark_runs_in_smoke_mode(exports):
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'benchmarks', 'serving_latency.py'),
+       '--export_dir=' + os.path.dirname(exports['alexnet']), '--rounds=1',
+       '--latency_requests=5', '--clients=4', '--requests_per_client=3', '--seconds=0.3',
+       '--large_batch=8'], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line.split('|')[1].strip() for line in result.stdout.splitlines()
+          if line.startswith('| ') and not line.startswith('| path')]
+  assert rows == ['in process (Session on the export)', 'in process, larger batches',
+                  'REST server, 1 client', 'REST server, 4 clients, batching',
+                  'REST server, 4 clients, no batching']
+  assert re.search(r'in-process throughput in batches of 4: \d+\.\d\d', result.stdout)
+
+
+@pytest.mark.slow
+def test_abuse_probe_runs_every_case_in_quick_mode(exports, capsys):
+  rows = serving_abuse.main(['--export_dir=' + exports['alexnet'], '--quick',
+                             '--header_timeout_s=2'])
+  names = [r['case'] for r in rows]
+  assert len(names) >= 20 and any('stalled' in n for n in names)
+  failed = [r for r in rows if not r['ok'] and 'RSS' not in r['expected']]
+  assert failed == []
+  assert '| case |' in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_scaling_benchmark_prints_a_row_per_configuration():
+  result = subprocess.run(
+      [sys.executable, 'benchmarks/cluster_scaling.py', '--steps=250', '--configs=2,4', '--',
+       '--num_filters=4', '--batch_size=8'],
+      capture_output=True, text=True, env=ENV, cwd=REPO, timeout=900)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  rows = [line for line in result.stdout.splitlines() if line.startswith('| ')]
+  assert rows[0].startswith('| configuration |')
+  names = [row.split(' | ')[0][2:] for row in rows[1:]]
+  assert names == [cluster_scaling.CONFIGS[i][0] for i in (0, 1, 3)]
+  assert rows[1].endswith('| 1.00x |')
+  for row in rows[1:]:
+    assert float(row.split(' | ')[1].split(' ')[0]) > 0
+
+
+def test_the_scaling_benchmark_takes_the_steady_rate_of_the_chief():
+  output = '\n'.join([
+      '[chief] step 101 (epoch 0.01): loss 1.0, accuracy 0.5, learning rate 0.1, 10.0 examples/s, '
+      'epoch ends in 1m00s',
+      '[worker0] step 150 (epoch 0.02): loss 1.0, accuracy 0.5, learning rate 0.1, 99.0 '
+      'examples/s, epoch ends in 1m00s',
+      '[chief] step 201 (epoch 0.02): loss 1.0, accuracy 0.5, learning rate 0.1, 30.0 examples/s, '
+      'epoch ends in 1m00s',
+      '[chief] step 301 (epoch 0.03): loss 1.0, accuracy 0.5, learning rate 0.1, 50.0 examples/s, '
+      'epoch ends in 1m00s'])
+  assert cluster_scaling.steady_rate(output) == 40.0
+  assert cluster_scaling.steady_rate(output.splitlines()[0]) is None
+
+
+@pytest.mark.slow
+def test_suite_runs_in_smoke_mode():
+  result = subprocess.run([sys.executable, os.path.join(REPO, 'benchmarks', 'suite.py'),
+                           '--smoke'], capture_output=True, text=True, cwd=REPO, timeout=1200,
+                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
+  assert result.returncode == 0, result.stderr[-3000:]
+  out = result.stdout
+  assert out.startswith('Machine: ') and 'TensorFlow 2.15' in out
+  training = re.findall(r'^\| (AlexNet|ResNet-18) \| (\S+) \| ([\d.]+) \(', out, re.M)
+  assert [(m, v) for m, v, _ in training] == [
+      ('AlexNet', 'placeholder'), ('AlexNet', 'tf.data'), ('AlexNet', 'keras'),
+      ('ResNet-18', 'estimator'), ('ResNet-18', 'estimator_bf16'),
+      ('ResNet-18', 'estimator_bf16_casts'), ('ResNet-18', 'session'),
+      ('ResNet-18', 'keras')]
+  assert all(float(rate) > 0 for _, _, rate in training)
+  peak = re.search(r'Matmul peak: fp32 (\d+) GFLOP/s, bf16 (\d+) GFLOP/s', out)
+  assert peak and int(peak.group(1)) > 0
+  flops = re.search(r'Forward FLOPs per example: AlexNet ([\d.e+]+), ResNet-18 ([\d.e+]+)', out)
+  assert flops and float(flops.group(1)) > 1e6
+  inference = re.findall(r'^\| (AlexNet|ResNet-18) \| ([\d.]+) / ([\d.]+) \| (\d+) \|', out,
+                         re.M)
+  assert [row[0] for row in inference] == ['AlexNet', 'ResNet-18']
+  assert all(float(p50) <= float(p99) for _, p50, p99, _ in inference)

@@ -1,0 +1,116 @@
+"""What the export, serving and benchmark tests share: the REST server as a process, versions
+published the way exports appear, test images."""
+
+import base64
+import http.client
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from mnist_cnn.serving import models
+from official.utils import export
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
+BYTES_SIGNATURE = export.alternative_signature(export.IMAGE_BYTES_INPUT)
+
+
+def images(count, seed=0, shape=(28, 28, 1)):
+  return np.random.RandomState(seed).rand(count, *shape).astype(np.float32)
+
+
+def png(seed, shape=(28, 28, 1)):
+  pixels = np.random.RandomState(seed).randint(0, 256, size=shape).astype(np.uint8)
+  return tf.io.encode_png(pixels).numpy()
+
+
+def b64(data):
+  return {'b64': base64.b64encode(data).decode('ascii')}
+
+
+class Server(object):
+  """`python -m mnist_cnn.serve` in a subprocess on a free port."""
+
+  def __init__(self, base_path, *extra):
+    self.process = subprocess.Popen(
+        [sys.executable, '-m', 'mnist_cnn.serve', '--model_base_path=' + str(base_path),
+         '--port=0', '--file_system_poll_wait_seconds=0.2'] + list(extra),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=REPO)
+    self.lines = queue.Queue()
+    self.output = []
+    threading.Thread(target=self._read, daemon=True).start()
+    self.port = None
+    deadline = time.time() + 120
+    while self.port is None and time.time() < deadline:
+      try:
+        line = self.lines.get(timeout=1)
+      except queue.Empty:
+        assert self.process.poll() is None, ''.join(self.output)
+        continue
+      match = re.search(r'REST API at http://127\.0\.0\.1:(\d+)/', line)
+      if match:
+        self.port = int(match.group(1))
+    assert self.port, ''.join(self.output)
+
+  def _read(self):
+    for line in self.process.stdout:
+      self.output.append(line)
+      self.lines.put(line)
+
+  def request(self, method, path, body=None, connection=None):
+    """Returns (status, parsed JSON body)."""
+    own = connection is None
+    connection = connection or http.client.HTTPConnection('127.0.0.1', self.port, timeout=60)
+    try:
+      if body is not None and not isinstance(body, (bytes, str)):
+        body = json.dumps(body)
+      connection.request(method, path, body=body)
+      response = connection.getresponse()
+      return response.status, json.loads(response.read())
+    finally:
+      if own:
+        connection.close()
+
+  def predict(self, body, path='/v1/models/mnist:predict', connection=None):
+    return self.request('POST', path, body, connection)
+
+  def stop(self):
+    if self.process.poll() is None:
+      self.process.send_signal(signal.SIGTERM)
+      self.process.wait(timeout=60)
+    return self.process.returncode
+
+
+def publish(source, base, version):
+  """Copies an export in as a new version the way exports appear: whole, by a rename."""
+  staging = base / ('.tmp-%d' % version)
+  shutil.copytree(source, str(staging))
+  os.rename(str(staging), str(base / str(version)))
+
+
+def in_process(version_dir, signature_name, feeds):
+  loaded = models.LoadedVersion(0, version_dir)
+  try:
+    return loaded.run(loaded.signatures[signature_name], feeds)
+  finally:
+    loaded.close_when_drained()
+
+
+def wait_for_version(server, version, timeout=60):
+  deadline = time.time() + timeout
+  while time.time() < deadline:
+    status, body = server.request('GET', '/v1/models/mnist')
+    if status == 200 and body['model_version_status'][0]['version'] == version:
+      return
+    time.sleep(0.1)
+  raise AssertionError('version %s never served; log:\n%s' % (version, ''.join(server.output)))
