@@ -143,7 +143,7 @@ def main(_):
   cluster = lifecycle.settings_from_flags(cluster_training.ClusterSettings, flags.FLAGS)
   lifecycle.run_main(run_resnet, flags.FLAGS,
                      user_errors=input_data.DATA_ERRORS + (distribution_utils.DistributionError,),
-                     records_run=cluster_training.is_chief(cluster))
+                     records_run=cluster_training.records_run(cluster))
 
 
 if __name__ == '__main__':

@@ -217,8 +217,7 @@ def run_estimator(settings, estimator_settings, cluster_settings, model_fn, para
   # Settled before anything in model_dir is touched: a refusal must not cost a checkpoint.
   placement = cluster_training.resolve(cluster_settings, settings.batch_size,
                                        settings.stop_threshold, estimator_settings.eval_only)
-  chief = not placement.cluster or cluster_training.is_chief(cluster_settings)
-  if chief:
+  if cluster_training.is_chief(placement.cluster):
     lifecycle.start(settings, KEEP_CHECKPOINTS, dict(
         facts, replicas=placement.replicas, cluster=placement.cluster.get('cluster')))
   if placement.cluster:

@@ -43,11 +43,16 @@ def cluster_of(settings, environ=None):
       settings.task_type, settings.task_index)
 
 
-def is_chief(settings):
-  """Whether this process records the run in model_dir: a local run, or a cluster's chief (a
+def is_chief(cluster):
+  """Whether this process records the run in model_dir: a local run, or a cluster's chief."""
+  return distribution_utils.task_of(cluster)[0] == 'chief'
+
+
+def records_run(settings):
+  """is_chief for the cluster the flags and TF_CONFIG describe; False when they are wrong (a
   misconfigured member must not mark the chief's run)."""
   try:
-    return distribution_utils.task_of(cluster_of(settings))[0] == 'chief'
+    return is_chief(cluster_of(settings))
   except distribution_utils.DistributionError:
     return False
 

@@ -23,6 +23,9 @@ from official.utils.logs import run_record
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONUNBUFFERED='1')
 STEP_LINE = re.compile(r'^(?:\[(\w+)\] )?step (\d+) ')
+# Clusters run one at a time on one xdist worker: two at once on two cores starved each other
+# (a rerun past 300 s, an evaluator lost, in a clean-clone CI run).
+pytestmark = pytest.mark.xdist_group('cluster')
 # Synthetic data has 1,024 training images (128 steps of 8): enough epochs for any step count.
 TINY = ['--use_synthetic_data', '--num_filters=4', '--batch_size=8', '--train_epochs=100']
 
@@ -181,7 +184,7 @@ def test_parameter_server_cluster_trains_to_its_steps_and_the_chief_exports(tmp_
   assert outputs['probabilities'].shape == (2, 10)
   assert 'chief exited with status 0' in run.text
   # The evaluator followed the checkpoints into model_dir/eval and ended with the run.
-  assert 'evaluator exited with status 0' in run.text
+  assert 'evaluator exited with status 0' in run.text, run.text[-6000:]
   assert any(name.startswith('events.') for name in os.listdir(str(model_dir / 'eval')))
 
 

@@ -80,6 +80,7 @@ def test_abuse_probe_runs_every_case_in_quick_mode(exports, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group('cluster')  # one cluster at a time (tests/cluster/test_cluster.py)
 def test_the_scaling_benchmark_prints_a_row_per_configuration():
   result = subprocess.run(
       [sys.executable, 'benchmarks/cluster_scaling.py', '--steps=250', '--configs=2,4', '--',
