@@ -135,12 +135,37 @@ def train_in_cluster(classifier, cluster, timeout_s, max_steps, train_input_fn, 
   sys.stdout.flush()
   started = time.monotonic()
   try:
-    tf.estimator.train_and_evaluate(classifier, train_spec, eval_spec)
+    if task_type == 'evaluator':
+      evaluate_checkpoints(classifier, eval_input_fn, max_steps)
+    else:
+      tf.estimator.train_and_evaluate(classifier, train_spec, eval_spec)
   finally:
     watchdog.stop()
   if task_type != 'chief':
     print('%s:%d: done' % (task_type, task_index))
   return task_type, time.monotonic() - started, done
+
+
+def evaluate_checkpoints(classifier, eval_input_fn, max_steps, poll_s=1.0):
+  """The evaluator task: evaluates each new checkpoint in model_dir (into model_dir/eval) until
+  one reaches max_steps.
+
+  A checkpoint that the chief's rotation (keep_checkpoint_max) deletes while its evaluation is
+  starting is skipped for the next one. TensorFlow's own evaluator exits on it ("not a valid
+  checkpoint"), which a clean-clone CI run hit with a checkpoint every second.
+  """
+  for path in tf.compat.v1.train.checkpoints_iterator(classifier.model_dir,
+                                                      min_interval_secs=poll_s):
+    try:
+      results = classifier.evaluate(eval_input_fn, checkpoint_path=path)
+    except (ValueError, tf.errors.NotFoundError):
+      if os.path.exists(path + '.index'):
+        raise  # the checkpoint is there: the error is real
+      print('evaluator: %s was rotated away before it could be read; waiting for the next' %
+            os.path.basename(path))
+      continue
+    if results['global_step'] >= max_steps:
+      return
 
 
 def chief_record(results, train_seconds, resumed_step, steps_per_epoch, batch_size, epochs,

@@ -10,9 +10,11 @@ import time
 
 from absl import flags
 import pytest
+import tensorflow as tf
 
 from mnist_cnn import launch_local_cluster
 from mnist_cnn import resnet_main
+from official.utils import cluster_training
 from official.utils import distribution_utils
 from tests import conftest
 
@@ -238,3 +240,55 @@ def test_the_strategy_must_fit_the_cluster(name, config, message):
     distribution_utils.check_strategy_for_cluster(name, config)
   distribution_utils.check_strategy_for_cluster('off', {})
   distribution_utils.check_strategy_for_cluster('parameter_server', GOOD)
+
+
+def _save_checkpoint(model_dir, step):
+  with tf.Graph().as_default():
+    global_step = tf.compat.v1.train.get_or_create_global_step()
+    saver = tf.compat.v1.train.Saver()
+    with tf.compat.v1.Session() as sess:
+      sess.run(global_step.assign(step))
+      return saver.save(sess, os.path.join(model_dir, 'model.ckpt'), global_step=step)
+
+
+def test_the_evaluator_skips_a_checkpoint_rotated_away_and_stops_at_the_last_step(tmp_path):
+  model_dir = str(tmp_path)
+  _save_checkpoint(model_dir, 5)
+
+  class Classifier(object):
+    """Evaluates like an Estimator; the first checkpoint vanishes as its evaluation starts,
+    the way the chief's keep_checkpoint_max rotation deletes it."""
+    evaluated = []
+
+    def __init__(self):
+      self.model_dir = model_dir
+
+    def evaluate(self, input_fn, checkpoint_path):
+      del input_fn
+      self.evaluated.append(os.path.basename(checkpoint_path))
+      if len(self.evaluated) == 1:
+        _save_checkpoint(model_dir, 10)
+        for name in os.listdir(model_dir):  # as the chief's rotation deletes it
+          if name.startswith('model.ckpt-5.'):
+            os.remove(os.path.join(model_dir, name))
+        raise ValueError('The passed save_path is not a valid checkpoint: ' + checkpoint_path)
+      return {'global_step': int(checkpoint_path.rsplit('-', 1)[1])}
+
+  cluster_training.evaluate_checkpoints(Classifier(), None, max_steps=10, poll_s=0.01)
+  assert Classifier.evaluated == ['model.ckpt-5', 'model.ckpt-10']
+
+
+def test_the_evaluator_stops_on_an_error_of_a_checkpoint_that_is_there(tmp_path):
+  model_dir = str(tmp_path)
+  _save_checkpoint(model_dir, 5)
+
+  class Classifier(object):
+
+    def __init__(self):
+      self.model_dir = model_dir
+
+    def evaluate(self, input_fn, checkpoint_path):
+      raise ValueError('shapes do not match')
+
+  with pytest.raises(ValueError, match='shapes do not match'):
+    cluster_training.evaluate_checkpoints(Classifier(), None, max_steps=10, poll_s=0.01)
