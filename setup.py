@@ -37,7 +37,7 @@ setuptools.setup(
     extras_require={
         # For installs from an index; from a checkout prefer MNIST_CNN_GPU=1 (see README).
         'gpu': ['tensorflow[and-cuda]==%s' % TENSORFLOW_VERSION],
-        # pytest-xdist: the suite runs on two workers (pytest.ini), 8.6 min instead of 12-14.
+        # pytest-xdist: the suite runs on two workers (pytest.ini): 8.5 min in CI instead of 13.5.
         'test': ['pytest>=7,<10', 'pytest-xdist>=3.2,<4'],
     },
     classifiers=[

@@ -101,7 +101,8 @@ def join(cluster):
 
 def train_in_cluster(classifier, cluster, timeout_s, max_steps, train_input_fn, eval_input_fn,
                      train_hooks, goal):
-  """One process of a cluster: tf.estimator.train_and_evaluate to max_steps.
+  """One process of a cluster: tf.estimator.train_and_evaluate to max_steps, or for the
+  evaluator task evaluate_checkpoints.
 
   ps tasks serve variables until stopped; an evaluator evaluates each new checkpoint; workers
   train. A member that cannot reach one it needs exits 1 after timeout_s (PeerWatchdog).
