@@ -159,6 +159,8 @@ def main(argv=None):
   parser.add_argument('--rounds', type=int, default=5)
   parser.add_argument('--smoke', action='store_true', help='tiny sizes: check, do not measure')
   args = parser.parse_args(argv)
+  # The benchmarks run in this process now: their Estimators' deprecation notes are noise.
+  tf.compat.v1.logging.set_verbosity(tf.compat.v1.logging.ERROR)
   smoke = args.smoke
   rounds = 1 if smoke else args.rounds
   num_filters = 4 if smoke else 64
