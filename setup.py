@@ -21,6 +21,8 @@ setuptools.setup(
     long_description_content_type='text/markdown',
     packages=setuptools.find_packages(include=['official', 'official.*', 'mnist_cnn',
                                                'mnist_cnn.*']),
+    # The time-to-accuracy configurations (absl flag files, --flagfile=...).
+    package_data={'mnist_cnn': ['configs/*.flags']},
     # TensorFlow 2.16 removed tf.estimator, and TensorFlow 2.15 supports Python 3.9-3.11.
     python_requires='>=3.9,<3.12',
     install_requires=[

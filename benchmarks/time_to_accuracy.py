@@ -1,13 +1,16 @@
 """Wall-clock from start to the first test evaluation at or above a target accuracy.
 
   python benchmarks/time_to_accuracy.py --model=resnet --target=0.995 --data_dir=DIR \\
-      [--max_minutes=30] [-- extra flags for the main]
+      [--config=resnet18_fast] [--seeds=3] [--max_minutes=30] [-- extra flags for the main]
 
 Runs `python -m mnist_cnn.<model>_main` as a user would (process start, data loading and every
 evaluation included) with --stop_threshold=target into a fresh model directory, then reads its
 metrics.json: the time to target is the timestamp of the first evaluation that reached it, less
 the moment the process was started. A run still short of the target after --max_minutes is
-stopped and reported as not reached. Prints one markdown table row per run.
+stopped and reported as not reached. --config=NAME passes mnist_cnn/configs/NAME.flags first
+(flags after -- override it); --seeds=N trains seeds first_seed..first_seed+N-1 one after
+another. Prints one markdown table row per run, then the median and maximum minutes (a run that
+did not reach the target counts as slower than any that did).
 """
 
 import argparse
@@ -20,6 +23,7 @@ import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, 'mnist_cnn', 'configs')
 MAINS = {'alexnet': 'mnist_cnn.alexnet_main', 'resnet': 'mnist_cnn.resnet_main'}
 
 
@@ -63,10 +67,52 @@ def time_to_accuracy(model, target, data_dir, max_minutes, extra_flags, model_di
 def format_row(result):
   def cell(value, fmt):
     return '-' if value is None else fmt % value
-  return '| %s | %s | %.4f | %s | %s | %s | %s | %s |' % (
-      result['model'], result['flags'] or '(defaults)', result['target'],
+  return '| %s | %s | %s | %.4f | %s | %s | %s | %s | %s |' % (
+      result['model'], result['flags'] or '(defaults)', result['seed'], result['target'],
       'yes' if result['reached'] else 'no', cell(result['minutes'], '%.2f'),
       cell(result['epochs'], '%d'), cell(result['accuracy'], '%.4f'), result['status'])
+
+
+def config_flags(name):
+  """['--flagfile=<abs path>'] for mnist_cnn/configs/<name>.flags ([] for None)."""
+  if name is None:
+    return []
+  path = os.path.join(CONFIGS, name + '.flags')
+  if not os.path.isfile(path):
+    raise ValueError('no configuration %r: %s does not exist (there are: %s)' % (
+        name, path, ', '.join(sorted(f[:-len('.flags')] for f in os.listdir(CONFIGS)
+                                     if f.endswith('.flags')))))
+  return ['--flagfile=' + path]
+
+
+def summarize(results):
+  """(median, max) minutes to target over the runs; None where a run did not reach it."""
+  minutes = sorted(r['minutes'] if r['reached'] else float('inf') for r in results)
+  median = minutes[len(minutes) // 2] if len(minutes) % 2 else (
+      minutes[len(minutes) // 2 - 1] + minutes[len(minutes) // 2]) / 2
+  finite = lambda value: None if value == float('inf') else value
+  return finite(median), finite(minutes[-1])
+
+
+def run_seeds(args):
+  """Trains each seed in turn; returns the results."""
+  results = []
+  for seed in range(args.first_seed, args.first_seed + args.seeds):
+    work = args.keep_dir and os.path.join(args.keep_dir, 'seed%d' % seed) or tempfile.mkdtemp(
+        prefix='time_to_accuracy-')
+    os.makedirs(work, exist_ok=True)
+    flags = config_flags(args.config) + ['--seed=%d' % seed] + list(args.extra_flags)
+    try:
+      result = time_to_accuracy(args.model, args.target, args.data_dir, args.max_minutes,
+                                flags, os.path.join(work, 'model'))
+    finally:
+      if not args.keep_dir:
+        shutil.rmtree(work, ignore_errors=True)
+    result.update(seed=seed, flags=' '.join(
+        (['--config=' + args.config] if args.config else []) + list(args.extra_flags)))
+    print(format_row(result), flush=True)
+    results.append(result)
+  return results
 
 
 def main(argv=None):
@@ -74,25 +120,35 @@ def main(argv=None):
   parser.add_argument('--model', choices=sorted(MAINS), required=True)
   parser.add_argument('--target', type=float, required=True, help='test accuracy to reach')
   parser.add_argument('--data_dir', required=True)
+  parser.add_argument('--config', default=None,
+                      help='a flag file of mnist_cnn/configs, without .flags')
+  parser.add_argument('--seeds', type=int, default=1, help='runs, one seed each')
+  parser.add_argument('--first_seed', type=int, default=0)
   parser.add_argument('--max_minutes', type=float, default=30.0)
   parser.add_argument('--keep_dir', default=None,
-                      help='keep the run here (default: a temporary directory, removed)')
+                      help='keep the runs here, one folder per seed (default: temporary '
+                      'directories, removed)')
   parser.add_argument('extra_flags', nargs='*', help='flags for the main, after --')
   args = parser.parse_args(argv)
   if not 0 < args.target <= 1:
     parser.error('--target must be in (0, 1]')
-  work = args.keep_dir or tempfile.mkdtemp(prefix='time_to_accuracy-')
-  os.makedirs(work, exist_ok=True)
+  if args.seeds < 1:
+    parser.error('--seeds must be 1 or more')
+  if any(flag.startswith(('--seed=', '-seed=')) for flag in args.extra_flags):
+    parser.error('give seeds with --seeds/--first_seed, not --seed after --')
   try:
-    result = time_to_accuracy(args.model, args.target, args.data_dir, args.max_minutes,
-                              args.extra_flags, os.path.join(work, 'model'))
-  finally:
-    if not args.keep_dir:
-      shutil.rmtree(work, ignore_errors=True)
-  print('| model | flags | target | reached | minutes to target | epochs | accuracy | status |')
-  print('|---|---|---:|---|---:|---:|---:|---|')
-  print(format_row(result))
-  return 0 if result['reached'] else 1
+    config_flags(args.config)
+  except ValueError as e:
+    parser.error(str(e))
+  print('| model | flags | seed | target | reached | minutes to target | epochs | accuracy | '
+        'status |')
+  print('|---|---|---:|---:|---|---:|---:|---:|---|', flush=True)
+  results = run_seeds(args)
+  median, maximum = summarize(results)
+  print('\nminutes to %.4f over %d seed(s): median %s, max %s' % (
+      args.target, len(results), 'not reached' if median is None else '%.2f' % median,
+      'not reached' if maximum is None else '%.2f' % maximum))
+  return 0 if all(r['reached'] for r in results) else 1
 
 
 if __name__ == '__main__':

@@ -35,6 +35,7 @@ from official.utils.logs import run_record
 MODEL_NAME = 'alexnet'
 CHECKPOINT_PREFIX = 'model.ckpt'
 MAX_CHECKPOINTS = 3
+LR_SCHEDULES = ('step', 'cosine')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +48,8 @@ class AlexNetSettings(object):
   eval_batch_size: int
   lr_decay_epochs: float
   lr_decay_rate: float
+  lr_schedule: str
+  label_smoothing: float
   report_words: bool
 
 
@@ -71,6 +74,13 @@ def define_alexnet_flags(flag_values=flags.FLAGS):
                      'Multiply the learning rate by --lr_decay_rate every this many epochs.',
                      **fv)
   flags.DEFINE_float('lr_decay_rate', 0.5, 'Factor of each learning-rate decay step.', **fv)
+  flags.DEFINE_enum('lr_schedule', 'step', list(LR_SCHEDULES),
+                    'step: constant, or decayed every --lr_decay_epochs; cosine: a half cosine '
+                    'from --learning_rate to zero over --train_epochs.', **fv)
+  flags.DEFINE_float('label_smoothing', 0.0, 'Label smoothing of the training targets (0..1).',
+                     **fv)
+  flags.register_validator('label_smoothing', lambda v: 0 <= v < 1,
+                           message='--label_smoothing must be in [0, 1)', **fv)
   flags_core.define_dtype_flag(precision.REWRITE_DTYPES, flag_values)
   flags.DEFINE_boolean('report_words', False,
                        'Print the per-epoch loss and the final accuracy in the report\'s own '
@@ -148,10 +158,14 @@ def train(settings, own, plan, data, checkpoint):
 def _build_graph(settings, own, data):
   steps_per_epoch = max(1, data.train.num_examples // settings.batch_size)
   decay_steps = int(own.lr_decay_epochs * steps_per_epoch) if own.lr_decay_epochs else None
+  cosine = own.lr_schedule == 'cosine'
   return alexnet_model.build_train_graph(
       data.image_shape, data.num_classes, own.learning_rate, optimizer=own.optimizer,
-      init=own.init, seed=settings.seed, learning_rate_decay_steps=decay_steps,
-      learning_rate_decay_rate=own.lr_decay_rate)
+      init=own.init, seed=settings.seed,
+      learning_rate_decay_steps=None if cosine else decay_steps,
+      learning_rate_decay_rate=own.lr_decay_rate,
+      cosine_decay_steps=steps_per_epoch * settings.train_epochs if cosine else None,
+      label_smoothing=own.label_smoothing)
 
 
 def _restore_or_init(sess, saver, init_op, checkpoint, model_dir):

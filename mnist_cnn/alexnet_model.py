@@ -165,7 +165,7 @@ TrainGraph = collections.namedtuple('TrainGraph', [
 
 def build_train_graph(image_shape, num_classes, learning_rate, optimizer='adadelta', init='he',
                       seed=0, learning_rate_decay_steps=None, learning_rate_decay_rate=1.0,
-                      inputs=None):
+                      cosine_decay_steps=None, label_smoothing=0.0, inputs=None):
   """Builds the report's training graph in the default graph.
 
   Placeholders `x` [None, h*w*c] float, `y` one-hot [None, num_classes] and `keep_prob`
@@ -176,6 +176,10 @@ def build_train_graph(image_shape, num_classes, learning_rate, optimizer='adadel
   Args:
     learning_rate_decay_steps: when set, the learning rate is multiplied by
       learning_rate_decay_rate every that many steps (staircase).
+    cosine_decay_steps: when set instead, the learning rate falls along a half cosine to zero
+      at that step (the run's last): a short run then ends at a small rate.
+    label_smoothing: the training targets are (1 - label_smoothing) * one-hot +
+      label_smoothing / num_classes (Szegedy et al. 2016); `cross_entropy` is against them.
     inputs: optional (images, one-hot labels) tensors, e.g. from tf.data, used in place of
       the `x` and `y` placeholders (which are then placeholders with these as defaults).
 
@@ -197,8 +201,9 @@ def build_train_graph(image_shape, num_classes, learning_rate, optimizer='adadel
 
   weights, biases = make_variables(image_shape, num_classes, init=init, seed=seed)
   logits = alexnet(x, weights, biases, keep_prob, image_shape)
+  targets = y * (1.0 - label_smoothing) + label_smoothing / num_classes if label_smoothing else y
   cross_entropy = tf.reduce_mean(
-      tf.nn.softmax_cross_entropy_with_logits(labels=y, logits=logits))
+      tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits))
   cross_entropy = tf.identity(cross_entropy, name='cross_entropy')
   correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y, 1))
   num_correct = tf.reduce_sum(tf.cast(correct, tf.int64), name='num_correct')
@@ -206,7 +211,9 @@ def build_train_graph(image_shape, num_classes, learning_rate, optimizer='adadel
                                name='train_accuracy')
 
   rate = tf.constant(learning_rate, tf.float32)
-  if learning_rate_decay_steps:
+  if cosine_decay_steps:
+    rate = tf.compat.v1.train.cosine_decay(learning_rate, global_step, cosine_decay_steps)
+  elif learning_rate_decay_steps:
     rate = tf.compat.v1.train.exponential_decay(
         learning_rate, global_step, learning_rate_decay_steps, learning_rate_decay_rate,
         staircase=True)

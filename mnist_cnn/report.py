@@ -39,14 +39,20 @@ SEED_REPORT = (
     ('resnet', 6, 0.9541, 'full test set'),
 )
 
-# The flags that tell one run's setup from another's, per model: (flag, format).
+# The flags that tell one run's setup from another's, per model: (flag, format). A flag at its
+# neutral value (fp32, 0: off) or absent from older runs' records is left out.
 KEY_FLAGS = {
-    'alexnet': (('optimizer', '%s'), ('learning_rate', 'lr %s'), ('batch_size', 'batch %s'),
-                ('dropout', 'keep %s'), ('init', 'init %s'),
-                ('lr_decay_epochs', 'lr decay every %s ep'), ('dtype', '%s')),
+    'alexnet': (('optimizer', '%s'), ('learning_rate', 'lr %s'), ('lr_schedule', '%s'),
+                ('batch_size', 'batch %s'), ('dropout', 'keep %s'), ('init', 'init %s'),
+                ('lr_decay_epochs', 'lr decay every %s ep'),
+                ('label_smoothing', 'smoothing %s'), ('dtype', '%s')),
     'resnet': (('resnet_size', 'ResNet-%s'), ('resnet_version', 'v%s'), ('stem', 'stem %s'),
-               ('batch_size', 'batch %s'), ('weight_decay', 'wd %s'), ('dtype', '%s')),
+               ('num_filters', '%s filters'), ('batch_size', 'batch %s'),
+               ('weight_decay', 'wd %s'), ('lr_schedule', '%s'),
+               ('batch_norm_batches', 'BN recomputed'), ('label_smoothing', 'smoothing %s'),
+               ('dtype', '%s')),
 }
+NEUTRAL_VALUES = ('fp32', 0)
 
 # Where the zoomed accuracy panels start: the interesting runs differ in the last percent.
 ZOOM_ACCURACY = 0.98
@@ -88,8 +94,8 @@ class Run(object):
     parts = []
     for flag, fmt in KEY_FLAGS.get(self.model, ()):
       value = self.flags.get(flag)
-      if value is not None and not (flag == 'dtype' and value == 'fp32'):
-        parts.append(fmt % (value,))
+      if value is not None and value not in NEUTRAL_VALUES:
+        parts.append(fmt % (value,) if '%' in fmt else fmt)
     return ', '.join(parts)
 
 

@@ -8,6 +8,8 @@ from official.utils import distribution_utils
 from official.utils import precision
 from official.utils.flags import core as flags_core
 
+LR_SCHEDULES = ('step', 'cosine')
+
 
 def define_resnet_flags(resnet_size_choices=None, flag_values=flags.FLAGS):
   """Shared flags plus the ResNet run loop's own.
@@ -30,15 +32,6 @@ def define_resnet_flags(resnet_size_choices=None, flag_values=flags.FLAGS):
   flags_core.define_dtype_flag(precision.CAST_DTYPES, flag_values)
   flags.DEFINE_integer('loss_scale', None,
                        'Loss scale for fp16 (default 128); 1 for fp32 and bf16.', **fv)
-  flags.DEFINE_float('weight_decay', 1e-4, 'L2 weight decay (batch-norm variables excluded).',
-                     **fv)
-  flags.DEFINE_float('momentum', 0.9, 'Momentum of the SGD optimizer.', **fv)
-  flags.DEFINE_float('base_learning_rate', 0.1,
-                     'Learning rate for a batch of 256 (scaled linearly with --batch_size).',
-                     **fv)
-  flags.DEFINE_float('warmup_epochs', 0.0, 'Linear learning-rate warm-up, in epochs.', **fv)
-  flags.DEFINE_float('label_smoothing', 0.0, 'Label smoothing of the cross-entropy (0..1).',
-                     **fv)
   flags.DEFINE_boolean('fine_tune', False, 'Train only the final dense layer.', **fv)
   flags.DEFINE_string('pretrained_model_checkpoint_path', None,
                       'Warm-start every variable but the dense layer from this checkpoint.',
@@ -55,6 +48,36 @@ def define_resnet_flags(resnet_size_choices=None, flag_values=flags.FLAGS):
                        'Threads per GPU with --tf_gpu_thread_mode (0: 2).', **fv)
   flags.register_validator('loss_scale', lambda v: v is None or v > 0,
                            message='--loss_scale must be positive', **fv)
+  flags.register_validator('datasets_num_private_threads', lambda v: v is None or v > 0,
+                           message='--datasets_num_private_threads must be positive', **fv)
+  flags.register_validator('per_gpu_thread_count', lambda v: v >= 0,
+                           message='--per_gpu_thread_count must be zero or more', **fv)
+  define_recipe_flags(flag_values)
+  define_cluster_flags(flag_values)
+
+
+def define_recipe_flags(flag_values=flags.FLAGS):
+  """The training recipe: optimiser, learning-rate schedule, regularisation, batch norm."""
+  fv = {'flag_values': flag_values}
+  flags.DEFINE_float('weight_decay', 1e-4, 'L2 weight decay (batch-norm variables excluded).',
+                     **fv)
+  flags.DEFINE_float('momentum', 0.9, 'Momentum of the SGD optimizer.', **fv)
+  flags.DEFINE_float('base_learning_rate', 0.1,
+                     'Learning rate for a batch of 256 (scaled linearly with --batch_size).',
+                     **fv)
+  flags.DEFINE_float('warmup_epochs', 0.0, 'Linear learning-rate warm-up, in epochs.', **fv)
+  flags.DEFINE_enum('lr_schedule', 'step', list(LR_SCHEDULES),
+                    'After the warm-up: step (divided by 10 at fixed fractions of the run) or '
+                    'cosine (a half cosine down to zero at the last step).', **fv)
+  flags.DEFINE_float('batch_norm_decay', None,
+                     'Decay of the batch-norm moving averages (default: from the run length, '
+                     'a memory of ~1% of its steps; 0.997 for ImageNet-length runs).', **fv)
+  flags.DEFINE_float('label_smoothing', 0.0, 'Label smoothing of the cross-entropy (0..1).',
+                     **fv)
+  flags.DEFINE_integer('batch_norm_batches', 32,
+                       'Before every evaluation and export, recompute the batch-norm '
+                       'statistics from the trained weights over this many training batches '
+                       '(0: use the moving averages as they are).', **fv)
   flags.register_validator('weight_decay', lambda v: v >= 0,
                            message='--weight_decay must be zero or more', **fv)
   flags.register_validator('base_learning_rate', lambda v: v > 0,
@@ -63,11 +86,10 @@ def define_resnet_flags(resnet_size_choices=None, flag_values=flags.FLAGS):
                            message='--warmup_epochs must be zero or more', **fv)
   flags.register_validator('label_smoothing', lambda v: 0 <= v < 1,
                            message='--label_smoothing must be in [0, 1)', **fv)
-  flags.register_validator('datasets_num_private_threads', lambda v: v is None or v > 0,
-                           message='--datasets_num_private_threads must be positive', **fv)
-  flags.register_validator('per_gpu_thread_count', lambda v: v >= 0,
-                           message='--per_gpu_thread_count must be zero or more', **fv)
-  define_cluster_flags(flag_values)
+  flags.register_validator('batch_norm_batches', lambda v: v >= 0,
+                           message='--batch_norm_batches must be zero or more', **fv)
+  flags.register_validator('batch_norm_decay', lambda v: v is None or 0 <= v < 1,
+                           message='--batch_norm_decay must be in [0, 1)', **fv)
 
 
 def define_cluster_flags(flag_values=flags.FLAGS):

@@ -1,4 +1,4 @@
-"""The Estimator run loop for ResNets: learning rate, model_fn, and local train/evaluate cycles.
+"""The Estimator run loop for ResNets: model_fn, and local train/evaluate cycles.
 
 In the spirit of the TensorFlow Model Garden's legacy `official/resnet/resnet_run_loop.py`,
 written for `tf.compat.v1` + `tf.estimator` on TensorFlow 2.15, without `tf.contrib`, and without
@@ -6,9 +6,11 @@ its known defects: synthetic labels cover every class, thread settings are compu
 written back into parsed flags, a rerun resumes to the target epoch count instead of training it
 again, and the batch-norm variables are left out of weight decay by name.
 
-Around it: the run lifecycle (official/utils/lifecycle.py), the cluster path
-(official/utils/cluster_training.py), the export (official/utils/export.py) and the flags
-(official/resnet/resnet_flags.py). Nothing here reads flags: the entry point passes values.
+Around it: the learning-rate schedules (official/utils/learning_rate.py), batch-norm statistics
+(official/utils/batch_norm_statistics.py), the run lifecycle (official/utils/lifecycle.py), the
+cluster path (official/utils/cluster_training.py), the export (official/utils/export.py) and
+the flags (official/resnet/resnet_flags.py). Nothing here reads flags: the entry point passes
+values.
 """
 
 import dataclasses
@@ -18,6 +20,7 @@ import time
 
 import tensorflow as tf
 
+from official.utils import batch_norm_statistics
 from official.utils import cluster_training
 from official.utils import export
 from official.utils import lifecycle
@@ -39,6 +42,7 @@ class EstimatorSettings(object):
   datasets_num_private_threads: int
   tf_gpu_thread_mode: str
   per_gpu_thread_count: int
+  batch_norm_batches: int
 
 
 # What the loop trains on: fn(is_training, batch_size, num_epochs, dtype, seed,
@@ -48,43 +52,8 @@ Data = dataclasses.make_dataclass('Data', ['input_fn', 'image_shape', 'num_train
 
 
 ################################################################################
-# Learning rate and model_fn
+# model_fn
 ################################################################################
-
-
-def learning_rate_with_decay(batch_size, batch_denom, num_images, boundary_epochs, decay_rates,
-                             base_lr=0.1, warmup_epochs=0):
-  """Returns fn(global_step) -> learning rate, step-decayed at epoch boundaries.
-
-  The base rate scales linearly with batch size (base_lr * batch_size / batch_denom). With
-  warmup_epochs it ramps up linearly from 0 over that many epochs first.
-
-  Args:
-    boundary_epochs: epochs at which the rate changes; len(decay_rates) - 1 of them.
-    decay_rates: multipliers of the scaled base rate, one per interval.
-
-  Raises:
-    ValueError: the list lengths do not fit.
-  """
-  if len(decay_rates) != len(boundary_epochs) + 1:
-    raise ValueError('need one more decay rate than boundaries: %s vs %s' %
-                     (decay_rates, boundary_epochs))
-  initial_learning_rate = base_lr * batch_size / batch_denom
-  batches_per_epoch = num_images / batch_size
-  boundaries = [int(batches_per_epoch * epoch) for epoch in boundary_epochs]
-  values = [initial_learning_rate * decay for decay in decay_rates]
-
-  def learning_rate_fn(global_step):
-    global_step = tf.cast(global_step, tf.int64)
-    rate = tf.compat.v1.train.piecewise_constant(global_step, boundaries, values)
-    if warmup_epochs:
-      warmup_steps = max(1, int(batches_per_epoch * warmup_epochs))
-      warmup_rate = (initial_learning_rate * tf.cast(global_step, tf.float32) /
-                     float(warmup_steps))
-      rate = tf.cond(global_step < warmup_steps, lambda: warmup_rate, lambda: rate)
-    return rate
-
-  return learning_rate_fn
 
 
 def default_loss_filter_fn(name):
@@ -100,7 +69,8 @@ def resnet_model_fn(features, labels, mode, params):
     labels: int class indices [B] (None in PREDICT).
     mode: a tf.estimator.ModeKeys value.
     params: dict with
-      'model': callable(dtype) -> resnet_model.Model configured for the dataset;
+      'model': callable(dtype, batch_norm_decay=<the run's>) -> resnet_model.Model configured
+        for the dataset (official/utils/batch_norm_statistics.py builds it with decay 0);
       'num_classes', 'weight_decay', 'momentum', 'learning_rate_fn' (fn(global_step));
       'dtype' (what the layers compute in: 'fp32', 'fp16', 'bf16'), 'loss_scale' (None: the
       dtype's default); 'fine_tune' (train only the dense layer), 'label_smoothing';
@@ -228,8 +198,8 @@ def run_estimator(settings, estimator_settings, cluster_settings, model_fn, para
   classifier = _make_estimator(settings, estimator_settings, model_fn, params, placement,
                                threads['inter_op_parallelism_threads'],
                                cluster_settings.cluster_timeout_s)
-  loop = _Loop(settings, classifier, data, params, placement,
-               threads['datasets_num_private_threads'])
+  loop = _Loop(settings, classifier, data, model_fn, params, placement,
+               threads['datasets_num_private_threads'], estimator_settings.batch_norm_batches)
   if placement.cluster:
     results = loop.train_in_cluster(model_fn, cluster_settings.cluster_timeout_s)
     if not results:
@@ -265,10 +235,13 @@ def _make_estimator(settings, estimator_settings, model_fn, params, placement, i
 class _Loop(object):
   """The input functions, hooks and step counts one run's training shares."""
 
-  def __init__(self, settings, classifier, data, params, placement, private_threads):
+  def __init__(self, settings, classifier, data, model_fn, params, placement, private_threads,
+               batch_norm_batches=0):
     self.settings = settings
     self.classifier = classifier
+    self.model_fn = model_fn
     self.params = params
+    self.batch_norm_batches = batch_norm_batches
     self.placement = placement
     self.steps_per_epoch = math.ceil(data.num_train / settings.batch_size)
     self._data = data
@@ -336,6 +309,8 @@ class _Loop(object):
       trained_steps = classifier.get_variable_value('global_step') - done
       if stop.requested:
         lifecycle.interrupted(settings.model_dir, done + trained_steps)
+      if trained_steps and self.batch_norm_batches:
+        self.recompute_statistics()
     results = self.evaluate()
     run_record.append_metrics(settings.model_dir, lifecycle.epoch_record(
         cycle_end, results['global_step'], train_seconds, trained_steps * settings.batch_size,
@@ -348,9 +323,25 @@ class _Loop(object):
     sys.stdout.flush()
     return results
 
+  def recompute_statistics(self):
+    """Batch-norm statistics of the latest checkpoint from its own weights (precise BN; see
+    official/utils/batch_norm_statistics.py), so evaluation and export see the trained model."""
+    started = time.monotonic()
+    epochs = 1 + math.ceil(  # enough batches on tiny data too
+        self.batch_norm_batches * self.placement.replica_batch_size / self._data.num_train)
+    count = batch_norm_statistics.recompute(
+        self.model_fn, self.params, lambda: self.train_input_fn(epochs),
+        tf.train.latest_checkpoint(self.settings.model_dir), self.batch_norm_batches,
+        config=self.classifier.config.session_config)
+    if count:
+      print('Batch-norm statistics of %d layers recomputed over %d training batches (%.1f s)' %
+            (count // 2, self.batch_norm_batches, time.monotonic() - started))
+
   def train_in_cluster(self, model_fn, timeout_s):
-    """This process's part of a cluster run; the chief then evaluates the final checkpoint
-    and records it, so a cluster's run directory looks like a local one's."""
+    """This process's part of a cluster run; the chief then recomputes the batch-norm
+    statistics of the final checkpoint, evaluates and records it, so a cluster's run directory
+    looks like a local one's. (The evaluator task evaluates checkpoints as they come, with the
+    moving averages.)"""
     settings = self.settings
     max_steps = self.max_steps(settings.train_epochs)
     goal = ('--max_train_steps' if max_steps == settings.max_train_steps else
@@ -361,6 +352,8 @@ class _Loop(object):
         self.eval_input_fn, self.hooks, goal)
     if task_type != 'chief':
       return {}
+    if self.batch_norm_batches and train_seconds:
+      self.recompute_statistics()
     results = self.evaluate(cluster_training.local_estimator(
         model_fn, settings.model_dir, self.params, settings.seed))
     record = cluster_training.chief_record(

@@ -125,6 +125,22 @@ def test_stop_threshold_stops_after_the_first_evaluation_that_reaches_it(
   assert results['global_step'] == 8 * len(epochs)
 
 
+def test_each_cycle_recomputes_batch_norm_statistics_before_evaluating(
+    tmp_path, learnable_idx_dir, capsys):
+  _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=2', '--batch_norm_batches=3'])
+  out = capsys.readouterr().out
+  assert out.count('Batch-norm statistics of 17 layers recomputed over 3 training batches') == 2
+  with open(str(tmp_path / 'model' / 'flags.json')) as f:
+    recorded = json.load(f)
+  # 16 steps in all (400 images, batch 50): the 10-step floor of the moving averages' memory
+  assert recorded['batch_norm_decay_used'] == pytest.approx(0.9)
+  assert recorded['lr_schedule'] == 'cosine' and recorded['batch_norm_batches'] == 3
+  assert not [f for f in os.listdir(str(tmp_path / 'model')) if 'tmp' in f]
+  _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=3', '--batch_norm_batches=0'],
+            name='plain')
+  assert 'recomputed' not in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_synthetic_data_run_with_max_train_steps_and_image_bytes_export(tmp_path):
   export_dir = str(tmp_path / 'export')

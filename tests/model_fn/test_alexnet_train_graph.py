@@ -64,3 +64,34 @@ def test_train_graph_can_take_its_inputs_from_tensors():
       fed = sess.run(graph.logits, {graph.x: images[:3]})
   assert from_tensors.shape == (8, 10) and fed.shape == (3, 10)
   np.testing.assert_allclose(fed, from_tensors[:3], rtol=1e-5, atol=1e-5)
+
+
+def test_cosine_schedule_falls_from_the_rate_to_zero_at_the_last_step():
+  with tf.Graph().as_default():
+    graph = alexnet_model.build_train_graph((28, 28, 1), 10, 0.002, optimizer='adam',
+                                            cosine_decay_steps=100)
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      rates = {}
+      for step in (0, 50, 100, 150):
+        graph.global_step.load(step, sess)
+        rates[step] = sess.run(graph.learning_rate)
+  assert rates[0] == pytest.approx(0.002) and rates[50] == pytest.approx(0.001)
+  assert rates[100] == pytest.approx(0.0, abs=1e-9) and rates[150] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_label_smoothing_trains_against_softened_targets():
+  images, labels = _tiny_batch(count=8)
+  smoothing = 0.2
+  with tf.Graph().as_default():
+    tf.compat.v1.set_random_seed(0)
+    graph = alexnet_model.build_train_graph((28, 28, 1), 10, 0.01, optimizer='adam',
+                                            label_smoothing=smoothing)
+    with tf.compat.v1.Session() as sess:
+      sess.run(tf.compat.v1.global_variables_initializer())
+      logits, loss = sess.run([graph.logits, graph.cross_entropy],
+                              {graph.x: images, graph.y: labels})
+  log_probabilities = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(
+      1, keepdims=True)) - logits.max(1, keepdims=True)
+  targets = labels * (1 - smoothing) + smoothing / 10
+  assert loss == pytest.approx(-(targets * log_probabilities).sum(1).mean(), rel=1e-4)

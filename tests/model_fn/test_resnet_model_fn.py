@@ -5,6 +5,8 @@ import pytest
 import tensorflow as tf
 
 from official.resnet import resnet_run_loop
+from official.utils import batch_norm_statistics
+from official.utils import learning_rate
 from official.utils.logs import hooks_helper
 from tests import model_helpers
 
@@ -105,15 +107,20 @@ def test_fine_tune_trains_only_the_dense_layer():
   assert changed == {'resnet_model/dense/kernel:0', 'resnet_model/dense/bias:0'}
 
 
-def test_learning_rate_values_at_and_around_boundaries():
-  rate_fn = resnet_run_loop.learning_rate_with_decay(
-      batch_size=128, batch_denom=256, num_images=1280, boundary_epochs=[2, 4],
-      decay_rates=[1, 0.1, 0.01], base_lr=0.2)  # 10 steps per epoch, base 0.1
+def _rates(rate_fn, steps):
+  """{step: the learning rate rate_fn gives at that global step}."""
   with tf.Graph().as_default():
     step = tf.compat.v1.placeholder(tf.int64, [])
     rate = rate_fn(step)
     with tf.compat.v1.Session() as sess:
-      values = {s: sess.run(rate, {step: s}) for s in (0, 19, 20, 21, 39, 40, 41, 1000)}
+      return {s: sess.run(rate, {step: s}) for s in steps}
+
+
+def test_learning_rate_values_at_and_around_boundaries():
+  rate_fn = learning_rate.learning_rate_with_decay(
+      batch_size=128, batch_denom=256, num_images=1280, boundary_epochs=[2, 4],
+      decay_rates=[1, 0.1, 0.01], base_lr=0.2)  # 10 steps per epoch, base 0.1
+  values = _rates(rate_fn, (0, 19, 20, 21, 39, 40, 41, 1000))
   assert values[0] == pytest.approx(0.1) and values[19] == pytest.approx(0.1)
   assert values[20] == pytest.approx(0.1) and values[21] == pytest.approx(0.01)
   assert values[40] == pytest.approx(0.01) and values[41] == pytest.approx(0.001)
@@ -121,15 +128,34 @@ def test_learning_rate_values_at_and_around_boundaries():
 
 
 def test_learning_rate_warms_up_linearly():
-  rate_fn = resnet_run_loop.learning_rate_with_decay(
+  rate_fn = learning_rate.learning_rate_with_decay(
       batch_size=256, batch_denom=256, num_images=2560, boundary_epochs=[5],
       decay_rates=[1, 0.1], base_lr=0.1, warmup_epochs=1)  # warm-up over 10 steps
-  with tf.Graph().as_default():
-    step = tf.compat.v1.placeholder(tf.int64, [])
-    rate = rate_fn(step)
-    with tf.compat.v1.Session() as sess:
-      assert sess.run(rate, {step: 0}) == pytest.approx(0.0)
-      assert sess.run(rate, {step: 5}) == pytest.approx(0.05)
-      assert sess.run(rate, {step: 10}) == pytest.approx(0.1)
+  values = _rates(rate_fn, (0, 5, 10))
+  assert values[0] == pytest.approx(0.0) and values[5] == pytest.approx(0.05)
+  assert values[10] == pytest.approx(0.1)
   with pytest.raises(ValueError, match='one more decay rate than boundaries'):
-    resnet_run_loop.learning_rate_with_decay(128, 256, 100, [1, 2], [1, 0.1])
+    learning_rate.learning_rate_with_decay(128, 256, 100, [1, 2], [1, 0.1])
+
+
+def test_cosine_learning_rate_warms_up_then_follows_a_half_cosine_to_zero():
+  rate_fn = learning_rate.learning_rate_cosine(
+      batch_size=128, batch_denom=256, num_images=1280, train_epochs=5, base_lr=0.2,
+      warmup_epochs=1)  # 10 steps per epoch, base 0.1, warm-up over 10 of the 50 steps
+  values = _rates(rate_fn, (0, 5, 10, 20, 30, 40, 50, 60))
+  assert values[0] == pytest.approx(0.0) and values[5] == pytest.approx(0.05)
+  assert values[10] == pytest.approx(0.1)  # the top, where the cosine starts
+  assert values[20] == pytest.approx(0.1 * (1 + np.cos(np.pi / 4)) / 2, rel=1e-5)
+  assert values[30] == pytest.approx(0.05, rel=1e-5)  # halfway through the cosine
+  assert values[40] == pytest.approx(0.1 * (1 + np.cos(3 * np.pi / 4)) / 2, rel=1e-4)
+  assert values[50] == pytest.approx(0.0, abs=1e-9) and values[60] == pytest.approx(0.0, abs=1e-9)
+
+
+@pytest.mark.parametrize('total_steps, memory', [
+    (100, 10),  # at least 10 batches
+    (2814, 28.14),  # a 6-epoch MNIST run at batch 128: 1% of its steps
+    (10 ** 6, 1 / (1 - 0.997)),  # long runs keep the ImageNet decay
+])
+def test_batch_norm_decay_remembers_about_one_percent_of_the_run(total_steps, memory):
+  decay = batch_norm_statistics.batch_norm_decay_for(total_steps)
+  assert 1 / (1 - decay) == pytest.approx(memory)

@@ -72,6 +72,24 @@ def _rows_by_run(table):
   return rows
 
 
+def test_key_flags_name_the_recipe_and_leave_out_what_is_off(tmp_path):
+  _write_run(str(tmp_path / 'fast'), {
+      'model': 'resnet', 'resnet_size': '18', 'resnet_version': '2', 'stem': 'mnist',
+      'num_filters': 16, 'batch_size': 128, 'weight_decay': 5e-4, 'lr_schedule': 'cosine',
+      'batch_norm_batches': 32, 'label_smoothing': 0.0, 'dtype': 'bf16'},
+             [{'epoch': 1, 'accuracy': 0.99, 'seconds': 3.0}, {'event': 'finished'}])
+  _write_run(str(tmp_path / 'plain'), {
+      'model': 'alexnet', 'optimizer': 'adam', 'learning_rate': 0.002, 'lr_schedule': 'cosine',
+      'batch_size': 100, 'dropout': 0.75, 'init': 'he', 'lr_decay_epochs': None,
+      'label_smoothing': 0.1, 'dtype': 'fp32'},
+             [{'epoch': 1, 'accuracy': 0.99, 'seconds': 3.0}, {'event': 'finished'}])
+  rows = {name.rsplit('/', 1)[-1]: cells for name, cells in _rows_by_run(report.format_table(
+      report.load_runs([str(tmp_path)], use_tf_fallbacks=False))).items()}
+  assert rows['fast'][0][2] == ('ResNet-18, v2, stem mnist, 16 filters, batch 128, wd 0.0005, '
+                                'cosine, BN recomputed, bf16')
+  assert rows['plain'][0][2] == 'adam, lr 0.002, cosine, batch 100, keep 0.75, init he, smoothing 0.1'
+
+
 def test_table_has_every_run_with_its_figures_and_ending(runs_dir):
   runs = report.load_runs([runs_dir], use_tf_fallbacks=False)
   rows = _rows_by_run(report.format_table(runs))
@@ -222,7 +240,7 @@ def test_command_line_rejects_bad_arguments(tmp_path, make_args, message):
 
 @pytest.mark.slow
 def test_alexnet_script_ends_with_the_comparison_page(tmp_path, learnable_idx_dir):
-  """run_alexnet.sh trains its three runs on tiny data and writes the page of all runs."""
+  """run_alexnet.sh trains its four runs on tiny data and writes the page of all runs."""
   runs = tmp_path / 'runs'
   _write_run(str(runs / 'resnet' / 'earlier'), {'model': 'resnet', 'train_epochs': 1},
              [{'epoch': 1, 'accuracy': 0.99, 'seconds': 3.0}, {'event': 'finished'}])
@@ -235,7 +253,10 @@ def test_alexnet_script_ends_with_the_comparison_page(tmp_path, learnable_idx_di
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   rows = _rows_by_run(result.stdout[result.stdout.index('| run |'):].split('\n\n')[0])
   assert {'runs/alexnet/report_1ep', 'runs/alexnet/report_2ep', 'runs/alexnet/tuned',
-          'runs/resnet/earlier'} <= set(rows)
+          'runs/alexnet/fast', 'runs/resnet/earlier'} <= set(rows)
+  with open(str(runs / 'alexnet' / 'fast' / 'flags.json')) as f:  # the flag file, then extras
+    fast = json.load(f)
+  assert (fast['lr_schedule'], fast['train_epochs'], fast['batch_size']) == ('cosine', 2, 50)
   assert rows['runs/alexnet/report_2ep'][0][3] == '2'
   assert all(rows[name][0][-1] == 'ok' for name in rows if name != 'seed report')
   assert os.path.exists(str(runs / 'report' / report.REPORT_FILE))

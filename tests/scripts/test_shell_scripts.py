@@ -30,7 +30,8 @@ def test_run_resnet_script_end_to_end_on_tiny_data(tmp_path, learnable_idx_dir):
   # The fast run has the time-to-accuracy flags; the script's extra flags still come last.
   with open(os.path.join(runs, 'resnet', 'resnet18_fast', 'flags.json')) as f:
     fast = json.load(f)
-  assert (fast['dtype'], fast['train_epochs'], fast['num_filters']) == ('bf16', 8, 4)
+  assert (fast['dtype'], fast['train_epochs'], fast['num_filters'], fast['lr_schedule']) == (
+      'bf16', 8, 4, 'cosine')
   assert '| seed report | ResNet | report settings | 1 | 0.8677 |' in result.stdout
   assert os.path.exists(os.path.join(runs, 'report', 'report.md'))
   assert 'step ' not in result.stdout or 'examples/s' in result.stdout

@@ -1,5 +1,6 @@
 """The time-to-accuracy benchmark on tiny data (a real training run, a few seconds)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -11,18 +12,25 @@ ALEXNET_FLAGS = ['--batch_size=50', '--validation_size=0', '--optimizer=adam',
                  '--learning_rate=0.001', '--train_epochs=6']
 
 
-def _run(learnable_idx_dir, target, tmp_path, extra=()):
+def _run(learnable_idx_dir, target, tmp_path, extra=(), options=()):
   return subprocess.run(
       [sys.executable, os.path.join(REPO, 'benchmarks', 'time_to_accuracy.py'),
        '--model=alexnet', '--target=%s' % target, '--data_dir=' + learnable_idx_dir,
-       '--keep_dir=%s' % (tmp_path / 'work'), '--'] + ALEXNET_FLAGS + list(extra),
+       '--keep_dir=%s' % (tmp_path / 'work')] + list(options) + ['--'] + ALEXNET_FLAGS +
+      list(extra),
       capture_output=True, text=True, cwd=REPO, timeout=600,
       env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
 
 
+def _rows(result):
+  lines = [l for l in result.stdout.splitlines() if l.startswith('| alexnet ')]
+  # without the seed column, so the indices below read model, flags, target, ...
+  return [[cell.strip() for cell in line.split('|')[1:-1]] for line in lines]
+
+
 def _row(result):
-  line = [l for l in result.stdout.splitlines() if l.startswith('| alexnet ')][0]
-  return [cell.strip() for cell in line.split('|')[1:-1]]
+  row = _rows(result)[0]
+  return row[:2] + row[3:]
 
 
 def test_reached_target_reports_minutes_and_the_epoch(learnable_idx_dir, tmp_path):
@@ -33,7 +41,7 @@ def test_reached_target_reports_minutes_and_the_epoch(learnable_idx_dir, tmp_pat
   assert 0 < float(row[4]) < 10  # minutes
   assert 1 <= int(row[5]) <= 6 and float(row[6]) >= 0.5 and row[7] == 'ok'
   # stopped at the first evaluation that reached the target
-  with open(str(tmp_path / 'work' / 'model' / 'metrics.json')) as f:
+  with open(str(tmp_path / 'work' / 'seed0' / 'model' / 'metrics.json')) as f:
     epochs = [line for line in f if '"epoch"' in line]
   assert len(epochs) == int(row[5])
 
@@ -45,3 +53,44 @@ def test_unreached_target_says_so_and_exits_1(learnable_idx_dir, tmp_path):
   row = _row(result)
   assert result.returncode == 1, result.stderr[-2000:]
   assert row[3:6] == ['no', '-', '2'] and float(row[6]) < 0.9 and row[7] == 'ok'
+
+
+def test_seeds_run_one_after_another_with_median_and_max(learnable_idx_dir, tmp_path):
+  result = _run(learnable_idx_dir, 0.5, tmp_path, ['--train_epochs=3'],
+                ['--seeds=2', '--first_seed=5'])
+  assert result.returncode == 0, result.stderr[-2000:]
+  rows = _rows(result)
+  assert [row[2] for row in rows] == ['5', '6']
+  minutes = sorted(float(row[5]) for row in rows)
+  summary = [l for l in result.stdout.splitlines() if l.startswith('minutes to 0.5000')][0]
+  assert summary == 'minutes to 0.5000 over 2 seed(s): median %.2f, max %.2f' % (
+      sum(minutes) / 2, minutes[1])
+  for seed in (5, 6):  # each run trained its own seed, recorded beside its checkpoints
+    with open(str(tmp_path / 'work' / ('seed%d' % seed) / 'model' / 'flags.json')) as f:
+      assert json.load(f)['seed'] == seed
+
+
+def test_config_reads_the_flag_file_and_later_flags_override_it(learnable_idx_dir, tmp_path):
+  # alexnet_fast's schedule with this test's tiny-data flags after it
+  result = _run(learnable_idx_dir, 0.5, tmp_path, ['--train_epochs=2'],
+                ['--config=alexnet_fast'])
+  assert result.returncode == 0, result.stderr[-2000:]
+  with open(str(tmp_path / 'work' / 'seed0' / 'model' / 'flags.json')) as f:
+    recorded = json.load(f)
+  assert recorded['train_epochs'] == 2 and recorded['batch_size'] == 50  # this test's
+  assert (recorded['dropout'], recorded['lr_schedule']) == (0.75, 'cosine')  # from the file
+
+
+@pytest.mark.parametrize('options, message', [
+    (['--config=no_such_config'], "no configuration 'no_such_config'"),
+    (['--seeds=0'], '--seeds must be 1 or more'),
+])
+def test_bad_options_are_one_line_errors(learnable_idx_dir, tmp_path, options, message):
+  result = _run(learnable_idx_dir, 0.5, tmp_path, options=options)
+  assert result.returncode == 2 and message in result.stderr
+  assert not (tmp_path / 'work').exists()
+
+
+def test_a_seed_after_the_separator_is_refused(learnable_idx_dir, tmp_path):
+  result = _run(learnable_idx_dir, 0.5, tmp_path, ['--seed=3'])
+  assert result.returncode == 2 and '--seeds/--first_seed' in result.stderr

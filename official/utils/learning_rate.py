@@ -1,0 +1,72 @@
+"""Learning-rate schedules of the Estimator run loop: fn(global_step) -> rate tensor.
+
+Both scale the base rate linearly with the batch size (Goyal et al. 2017: base_lr is for a batch
+of batch_denom) and can ramp up linearly from zero first. `step` is the Model Garden's schedule;
+`cosine` reached 99.52% on MNIST after 4 of 6 epochs with a quarter-width ResNet-18, where
+the step schedule took the half-width network 6-7 of 8 epochs to 99.5% (README "Recipes").
+"""
+
+import math
+
+import tensorflow as tf
+
+
+def learning_rate_with_decay(batch_size, batch_denom, num_images, boundary_epochs, decay_rates,
+                             base_lr=0.1, warmup_epochs=0):
+  """Returns fn(global_step) -> learning rate, step-decayed at epoch boundaries.
+
+  The base rate scales linearly with batch size (base_lr * batch_size / batch_denom). With
+  warmup_epochs it ramps up linearly from 0 over that many epochs first.
+
+  Args:
+    boundary_epochs: epochs at which the rate changes; len(decay_rates) - 1 of them.
+    decay_rates: multipliers of the scaled base rate, one per interval.
+
+  Raises:
+    ValueError: the list lengths do not fit.
+  """
+  if len(decay_rates) != len(boundary_epochs) + 1:
+    raise ValueError('need one more decay rate than boundaries: %s vs %s' %
+                     (decay_rates, boundary_epochs))
+  initial_learning_rate = base_lr * batch_size / batch_denom
+  batches_per_epoch = num_images / batch_size
+  boundaries = [int(batches_per_epoch * epoch) for epoch in boundary_epochs]
+  values = [initial_learning_rate * decay for decay in decay_rates]
+
+  def learning_rate_fn(global_step):
+    global_step = tf.cast(global_step, tf.int64)
+    rate = tf.compat.v1.train.piecewise_constant(global_step, boundaries, values)
+    if warmup_epochs:
+      warmup_steps = max(1, int(batches_per_epoch * warmup_epochs))
+      warmup_rate = (initial_learning_rate * tf.cast(global_step, tf.float32) /
+                     float(warmup_steps))
+      rate = tf.cond(global_step < warmup_steps, lambda: warmup_rate, lambda: rate)
+    return rate
+
+  return learning_rate_fn
+
+
+def learning_rate_cosine(batch_size, batch_denom, num_images, train_epochs, base_lr=0.1,
+                         warmup_epochs=0):
+  """Returns fn(global_step) -> learning rate: linear warm-up, then a cosine to zero.
+
+  Loshchilov and Hutter, "SGDR" (ICLR 2017), without restarts: the rate is
+  scaled_base * (1 + cos(pi * progress)) / 2 over the steps after the warm-up, so every run
+  length gets the whole curve and its last epoch trains at a small rate. The scaled base is
+  base_lr * batch_size / batch_denom, as in learning_rate_with_decay.
+  """
+  initial_learning_rate = base_lr * batch_size / batch_denom
+  batches_per_epoch = num_images / batch_size
+  total_steps = max(1, int(batches_per_epoch * train_epochs))
+  warmup_steps = min(total_steps - 1, int(batches_per_epoch * warmup_epochs))
+
+  def learning_rate_fn(global_step):
+    step = tf.cast(global_step, tf.float32)
+    progress = tf.clip_by_value((step - warmup_steps) / float(total_steps - warmup_steps),
+                                0.0, 1.0)
+    rate = initial_learning_rate * 0.5 * (1.0 + tf.cos(math.pi * progress))
+    if warmup_steps > 0:
+      rate = tf.where(step < warmup_steps, initial_learning_rate * step / warmup_steps, rate)
+    return rate
+
+  return learning_rate_fn
