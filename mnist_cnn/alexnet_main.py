@@ -81,6 +81,10 @@ def define_alexnet_flags(flag_values=flags.FLAGS):
                      **fv)
   flags.register_validator('label_smoothing', lambda v: 0 <= v < 1,
                            message='--label_smoothing must be in [0, 1)', **fv)
+  flags.register_multi_flags_validator(
+      ['lr_schedule', 'lr_decay_epochs'],
+      lambda v: not (v['lr_schedule'] == 'cosine' and v['lr_decay_epochs']),
+      message='--lr_decay_epochs steps the step schedule; --lr_schedule=cosine takes none', **fv)
   flags_core.define_dtype_flag(precision.REWRITE_DTYPES, flag_values)
   flags.DEFINE_boolean('report_words', False,
                        'Print the per-epoch loss and the final accuracy in the report\'s own '

@@ -113,6 +113,8 @@ def test_hooks_run_inside_the_session_loop(tmp_path, capsys):
     (['--train_epochs=-1'], '--train_epochs must be a positive number'),
     (['--hooks=nosuchhook'], '--hooks takes only these names'),
     (['--optimizer=sgd'], 'value should be one of'),
+    (['--label_smoothing=1'], '--label_smoothing must be in [0, 1)'),
+    (['--lr_schedule=cosine', '--lr_decay_epochs=2'], '--lr_schedule=cosine takes none'),
 ])
 def test_bad_flags_fail_with_a_message_naming_the_flag(argv, message):
   with pytest.raises(flags.IllegalFlagValueError, match=message.replace('(', r'\(').replace(

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -63,8 +64,11 @@ def test_seeds_run_one_after_another_with_median_and_max(learnable_idx_dir, tmp_
   assert [row[2] for row in rows] == ['5', '6']
   minutes = sorted(float(row[5]) for row in rows)
   summary = [l for l in result.stdout.splitlines() if l.startswith('minutes to 0.5000')][0]
-  assert summary == 'minutes to 0.5000 over 2 seed(s): median %.2f, max %.2f' % (
-      sum(minutes) / 2, minutes[1])
+  median, maximum = re.fullmatch(
+      r'minutes to 0\.5000 over 2 seed\(s\): median ([\d.]+), max ([\d.]+)', summary).groups()
+  # the rows and the summary round unrounded minutes, each to 0.01
+  assert float(median) == pytest.approx(sum(minutes) / 2, abs=0.011)
+  assert float(maximum) == pytest.approx(minutes[1], abs=0.006)
   for seed in (5, 6):  # each run trained its own seed, recorded beside its checkpoints
     with open(str(tmp_path / 'work' / ('seed%d' % seed) / 'model' / 'flags.json')) as f:
       assert json.load(f)['seed'] == seed
