@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -87,11 +88,9 @@ def config_flags(name):
 
 def summarize(results):
   """(median, max) minutes to target over the runs; None where a run did not reach it."""
-  minutes = sorted(r['minutes'] if r['reached'] else float('inf') for r in results)
-  median = minutes[len(minutes) // 2] if len(minutes) % 2 else (
-      minutes[len(minutes) // 2 - 1] + minutes[len(minutes) // 2]) / 2
+  minutes = [r['minutes'] if r['reached'] else float('inf') for r in results]
   finite = lambda value: None if value == float('inf') else value
-  return finite(median), finite(minutes[-1])
+  return finite(statistics.median(minutes)), finite(max(minutes))
 
 
 def run_seeds(args):

@@ -25,6 +25,7 @@ import tensorflow as tf
 from mnist_cnn import alexnet_model
 from mnist_cnn import input_data
 from official.utils import export
+from official.utils import learning_rate
 from official.utils import lifecycle
 from official.utils import precision
 from official.utils import session_config
@@ -35,7 +36,6 @@ from official.utils.logs import run_record
 MODEL_NAME = 'alexnet'
 CHECKPOINT_PREFIX = 'model.ckpt'
 MAX_CHECKPOINTS = 3
-LR_SCHEDULES = ('step', 'cosine')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +74,7 @@ def define_alexnet_flags(flag_values=flags.FLAGS):
                      'Multiply the learning rate by --lr_decay_rate every this many epochs.',
                      **fv)
   flags.DEFINE_float('lr_decay_rate', 0.5, 'Factor of each learning-rate decay step.', **fv)
-  flags.DEFINE_enum('lr_schedule', 'step', list(LR_SCHEDULES),
+  flags.DEFINE_enum('lr_schedule', 'step', list(learning_rate.SCHEDULES),
                     'step: constant, or decayed every --lr_decay_epochs; cosine: a half cosine '
                     'from --learning_rate to zero over --train_epochs.', **fv)
   flags.DEFINE_float('label_smoothing', 0.0, 'Label smoothing of the training targets (0..1).',

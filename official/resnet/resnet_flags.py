@@ -5,10 +5,9 @@ from absl import flags
 
 from official.resnet import resnet_model
 from official.utils import distribution_utils
+from official.utils import learning_rate
 from official.utils import precision
 from official.utils.flags import core as flags_core
-
-LR_SCHEDULES = ('step', 'cosine')
 
 
 def define_resnet_flags(resnet_size_choices=None, flag_values=flags.FLAGS):
@@ -66,7 +65,7 @@ def define_recipe_flags(flag_values=flags.FLAGS):
                      'Learning rate for a batch of 256 (scaled linearly with --batch_size).',
                      **fv)
   flags.DEFINE_float('warmup_epochs', 0.0, 'Linear learning-rate warm-up, in epochs.', **fv)
-  flags.DEFINE_enum('lr_schedule', 'step', list(LR_SCHEDULES),
+  flags.DEFINE_enum('lr_schedule', 'step', list(learning_rate.SCHEDULES),
                     'After the warm-up: step (divided by 10 at fixed fractions of the run) or '
                     'cosine (a half cosine down to zero at the last step).', **fv)
   flags.DEFINE_float('batch_norm_decay', None,

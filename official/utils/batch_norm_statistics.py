@@ -98,9 +98,16 @@ def recompute(model_fn, params, input_fn, checkpoint_path, num_batches, config=N
   return len(moving)
 
 
+def temporary_prefix(checkpoint_path):
+  """Where the new files are saved before their renames: a `.tmp-` name, which
+  official/utils/run_dir.py removes at the next start if a killed run left it."""
+  directory, base = os.path.split(checkpoint_path)
+  return os.path.join(directory, '.tmp-statistics-' + base)
+
+
 def _save_in_place(sess, saver, checkpoint_path):
   """Saves beside checkpoint_path, then renames the new files over the old ones."""
-  temporary = checkpoint_path + '.statistics-tmp'
+  temporary = temporary_prefix(checkpoint_path)
   directory, base = os.path.split(temporary)
 
   def written():

@@ -10,6 +10,16 @@ import math
 
 import tensorflow as tf
 
+# --lr_schedule's values, for every main: `step` (the Model Garden's, or AlexNet's constant /
+# --lr_decay_epochs steps) and `cosine`.
+SCHEDULES = ('step', 'cosine')
+
+
+def _warm_up(global_step, rate, initial_learning_rate, warmup_steps):
+  """rate, except below warmup_steps: a linear ramp from 0 to initial_learning_rate."""
+  step = tf.cast(global_step, tf.float32)
+  return tf.where(step < warmup_steps, initial_learning_rate * step / float(warmup_steps), rate)
+
 
 def learning_rate_with_decay(batch_size, batch_denom, num_images, boundary_epochs, decay_rates,
                              base_lr=0.1, warmup_epochs=0):
@@ -37,10 +47,8 @@ def learning_rate_with_decay(batch_size, batch_denom, num_images, boundary_epoch
     global_step = tf.cast(global_step, tf.int64)
     rate = tf.compat.v1.train.piecewise_constant(global_step, boundaries, values)
     if warmup_epochs:
-      warmup_steps = max(1, int(batches_per_epoch * warmup_epochs))
-      warmup_rate = (initial_learning_rate * tf.cast(global_step, tf.float32) /
-                     float(warmup_steps))
-      rate = tf.cond(global_step < warmup_steps, lambda: warmup_rate, lambda: rate)
+      rate = _warm_up(global_step, rate, initial_learning_rate,
+                      max(1, int(batches_per_epoch * warmup_epochs)))
     return rate
 
   return learning_rate_fn
@@ -66,7 +74,7 @@ def learning_rate_cosine(batch_size, batch_denom, num_images, train_epochs, base
                                 0.0, 1.0)
     rate = initial_learning_rate * 0.5 * (1.0 + tf.cos(math.pi * progress))
     if warmup_steps > 0:
-      rate = tf.where(step < warmup_steps, initial_learning_rate * step / warmup_steps, rate)
+      rate = _warm_up(global_step, rate, initial_learning_rate, warmup_steps)
     return rate
 
   return learning_rate_fn

@@ -8,6 +8,7 @@ import tensorflow as tf
 
 from official.resnet import resnet_run_loop
 from official.utils import batch_norm_statistics
+from official.utils import run_dir
 from tests import model_helpers
 
 BATCH = 8
@@ -94,3 +95,18 @@ def test_a_checkpoint_of_another_model_is_refused_and_left_alone(tmp_path):
     batch_norm_statistics.recompute(without_optimizer, model_helpers.resnet_params(), _input_fn,
                                     checkpoint, NUM_BATCHES)
   assert {f: (tmp_path / f).read_bytes() for f in os.listdir(str(tmp_path))} == files
+
+
+def test_files_a_killed_recomputation_left_are_removed_at_the_next_start(tmp_path):
+  checkpoint = _checkpoint(str(tmp_path))
+  temporary = batch_norm_statistics.temporary_prefix(checkpoint)
+  assert os.path.dirname(temporary) == str(tmp_path)
+  left = [temporary + '.index', temporary + '.data-00000-of-00001']
+  for path in left:
+    with open(path, 'wb') as f:
+      f.write(b'half')
+  checkpoint_files = sorted(f for f in os.listdir(str(tmp_path)) if f.startswith('model.ckpt'))
+  run_dir.remove_temporaries(str(tmp_path))
+  assert not any(os.path.exists(path) for path in left)
+  assert sorted(f for f in os.listdir(str(tmp_path))
+                if f.startswith('model.ckpt')) == checkpoint_files
