@@ -18,12 +18,10 @@ import http.client
 import io
 import json
 import os
-import re
 import shutil
 import socket
 import statistics
 import struct
-import subprocess
 import sys
 import tempfile
 import threading
@@ -419,30 +417,19 @@ class OwnServer(object):
 
   def __init__(self, export_dir, header_timeout_s, extra=()):
     sys.path.insert(0, REPO)
+    from benchmarks import serving  # pylint: disable=g-import-not-at-top
     from mnist_cnn import predict  # pylint: disable=g-import-not-at-top
     version_dir = predict.resolve_export(export_dir)
     self.base = tempfile.mkdtemp(prefix='serving_abuse_')
     shutil.copytree(version_dir, os.path.join(self.base, '1'))
-    self.process = subprocess.Popen(
-        [sys.executable, '-m', 'mnist_cnn.serve', '--model_base_path=' + self.base, '--port=0',
-         '--file_system_poll_wait_seconds=0.2', '--header_timeout_s=%g' % header_timeout_s] +
-        list(extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
-        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2'))
-    self.port = None
-    self.log = []
-    for line in self.process.stdout:
-      self.log.append(line)
-      match = re.search(r'REST API at http://127\.0\.0\.1:(\d+)/', line)
-      if match:
-        self.port = int(match.group(1))
-        break
-    if self.port is None:
-      raise RuntimeError('the server did not start:\n' + ''.join(self.log))
-    threading.Thread(target=lambda: self.log.extend(self.process.stdout), daemon=True).start()
+    self._server = serving.ServerProcess(
+        self.base, '--file_system_poll_wait_seconds=0.2',
+        '--header_timeout_s=%g' % header_timeout_s, *extra)
+    self.process, self.port, self.log = (self._server.process, self._server.port,
+                                         self._server.log)
 
   def stop(self):
-    self.process.terminate()
-    self.process.wait(timeout=60)
+    self._server.stop()
     shutil.rmtree(self.base, ignore_errors=True)
 
 

@@ -36,7 +36,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import alexnet_feeding
 from benchmarks import resnet_pipeline
-from benchmarks import serving_latency
+from benchmarks import serving
 from mnist_cnn import alexnet_model
 from mnist_cnn import resnet_main
 from mnist_cnn.serving import models
@@ -133,24 +133,27 @@ def export_models(work, smoke):
 
 
 def inference_figures(version_dir, calls, seconds):
-  """(TF1 loader p50, p99 ms at batch 1; images/s at batch 256; tf.saved_model.load p50,
-  p99 ms at batch 1)."""
+  """(TF1 loader p50, p99 ms at batch 1; its images/s at batch 256; the optimised path's
+  p50, p99 ms at batch 1 (frozen graph, fp32); tf.saved_model.load p50, p99 ms at batch 1)."""
   image = np.random.RandomState(0).rand(1, 28, 28, 1).astype(np.float32)
   batch = np.repeat(image, 256, axis=0)
-  loaded = models.LoadedVersion(0, version_dir)
-  signature = loaded.signatures['serving_default']
 
   def percentiles(call):
-    times = serving_latency.call_latencies(call, calls)
+    times = serving.call_latencies(call, calls)
     return 1000 * np.percentile(times, 50), 1000 * np.percentile(times, 99)
 
-  session_p50, session_p99 = percentiles(lambda: loaded.run(signature, {'images': image}))
-  throughput = serving_latency.in_process_throughput(loaded, signature, batch, seconds)
-  loaded.close_when_drained()
+  figures = []
+  for optimize in (False, True):
+    loaded = models.LoadedVersion(0, version_dir, optimize=optimize, serving_precision='fp32')
+    signature = loaded.signatures['serving_default']
+    figures.extend(percentiles(lambda: loaded.run(signature, {'images': image})))
+    if not optimize:
+      figures.append(serving.in_process_throughput(loaded, signature, batch, seconds))
+    loaded.close_when_drained()
   function = tf.saved_model.load(version_dir).signatures['serving_default']
   constant = tf.constant(image)
-  tf2_p50, tf2_p99 = percentiles(lambda: function(images=constant))
-  return session_p50, session_p99, throughput, tf2_p50, tf2_p99
+  figures.extend(percentiles(lambda: function(images=constant)))
+  return tuple(figures)
 
 
 def main(argv=None):
@@ -198,14 +201,16 @@ def main(argv=None):
   print('\nForward FLOPs per example: %s. Matmul peak: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s.\n'
         % (', '.join('%s %.3g' % (m, f) for m, f in flops.items()), peak, peak_bf16))
 
-  print('SavedModel inference (export of each model; TF1 loader = the REST server\'s):\n')
+  print('SavedModel inference (export of each model; the REST server serves the optimised path, '
+        'benchmarks/serving.py compares them all):\n')
   print('| model | TF1 loader batch-1 p50 / p99 ms | TF1 loader batch-256 images/s | '
-        'tf.saved_model.load batch-1 p50 / p99 ms |')
-  print('|---|---:|---:|---:|')
+        'optimised (frozen, fp32) batch-1 p50 / p99 ms | tf.saved_model.load batch-1 p50 / '
+        'p99 ms |')
+  print('|---|---:|---:|---:|---:|')
   with tempfile.TemporaryDirectory() as work:
     for name, version_dir in export_models(work, smoke).items():
       figures = inference_figures(version_dir, 5 if smoke else 300, 0.2 if smoke else 5.0)
-      print('| %s | %.2f / %.2f | %.0f | %.2f / %.2f |' % ((name,) + tuple(figures)))
+      print('| %s | %.2f / %.2f | %.0f | %.2f / %.2f | %.2f / %.2f |' % ((name,) + figures))
   return 0
 
 

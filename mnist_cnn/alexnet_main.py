@@ -155,8 +155,10 @@ def train(settings, own, plan, data, checkpoint):
                                                        record['accuracy']))
   if not checkpoint:
     return record
+  test_set = lambda: (data.test.images.reshape((-1,) + tuple(data.image_shape)),
+                      np.argmax(data.test.labels, 1))
   return lifecycle.export_if_asked(settings, lambda export_dir: export_model(
-      checkpoint, export_dir, data.image_shape, data.num_classes), record)
+      checkpoint, export_dir, data.image_shape, data.num_classes, plan.dtype, test_set), record)
 
 
 def _build_graph(settings, own, data):
@@ -255,9 +257,11 @@ def _evaluation(sess, graph, dataset, batch_size):
   return {'accuracy': accuracy, 'correct': correct, 'test_examples': dataset.num_examples}
 
 
-def export_model(checkpoint_path, export_dir, image_shape, num_classes):
+def export_model(checkpoint_path, export_dir, image_shape, num_classes, training_dtype,
+                 test_set=None):
   """Exports the checkpoint through export.export_model (both signatures; `images` also takes
-  flat [N, h*w*c] rows, as the report fed them); returns the export path."""
+  flat [N, h*w*c] rows, as the report fed them; test_set as there); returns the export
+  path."""
   def build_outputs(images):
     flat = tf.reshape(images, [-1, int(np.prod(image_shape))])
     weights, biases = alexnet_model.make_variables(image_shape, num_classes)
@@ -265,7 +269,7 @@ def export_model(checkpoint_path, export_dir, image_shape, num_classes):
     return {'classes': tf.argmax(logits, 1, name='classes'),
             'probabilities': tf.nn.softmax(logits, name='probabilities')}
   return export.export_model(export_dir, image_shape, build_outputs, checkpoint_path, 'fp32',
-                             accept_flat=True)
+                             training_dtype, accept_flat=True, test_set=test_set)
 
 
 def _print_epoch(epoch, record, report_words):

@@ -239,6 +239,12 @@ class RawData(collections.namedtuple(
   def num_test(self):
     return len(self.test_images)
 
+  def test_set(self):
+    """(float32 images [N, rows, cols, channels] in [0, 1], int labels [N]): the test split as
+    an export is checked on."""
+    images = _to_float_images(self.test_images).reshape((-1,) + tuple(self.image_shape))
+    return images, self.test_labels.astype(np.int64)
+
   def describe(self):
     """The facts a run records in flags.json."""
     return {'image_shape': list(self.image_shape), 'num_classes': self.num_classes,

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_cnn.serving import image_headers
+from mnist_cnn.serving import inference_graph
 from mnist_cnn.serving import json_tensors
 from mnist_cnn.serving import models
 from official.utils import export
@@ -32,6 +33,7 @@ def define_predict_flags(flag_values=flags.FLAGS):
                        'Most pixels an image may declare (all frames of a GIF); larger files are '
                        'refused from their header instead of being decoded.',
                        flag_values=flag_values)
+  inference_graph.define_flags(flag_values)
   flags.mark_flag_as_required('export_dir', flag_values=flag_values)
   flags.register_validator('max_image_pixels', lambda v: v >= 1,
                            message='--max_image_pixels must be at least 1', flag_values=flag_values)
@@ -88,7 +90,9 @@ def classify_files(loaded, paths, max_image_pixels=json_tensors.DEFAULT_LIMITS.m
 
 def run_predict(flags_obj, paths, out=sys.stdout):
   """Prints one line per file; returns the number of files that failed."""
-  loaded = models.LoadedVersion(0, resolve_export(flags_obj.export_dir))
+  loaded = models.LoadedVersion(0, resolve_export(flags_obj.export_dir),
+                                optimize=flags_obj.optimize_graph,
+                                serving_precision=flags_obj.serving_precision)
   failures = 0
   try:
     for path, probabilities, error in classify_files(loaded, paths,

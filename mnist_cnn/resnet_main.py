@@ -112,7 +112,7 @@ def run_resnet(flags_obj):
   raw = input_data.load_data(flags_obj.data_dir, flags_obj.use_synthetic_data, flags_obj.seed)
   data = resnet_run_loop.Data(
       functools.partial(input_data.raw_input_fn, raw, shift_pixels=flags_obj.shift_pixels),
-      raw.image_shape, raw.num_train)
+      raw.image_shape, raw.num_train, raw.test_set)
   params = model_params(flags_obj, raw, plan)
   facts = dict(raw.describe(), model='resnet', dataset=(
       'synthetic' if flags_obj.use_synthetic_data else DATASET_NAME), dtype_used=plan.dtype,

@@ -34,8 +34,11 @@ class _Batch(object):
 class Batcher(object):
   """Merges requests in flight at the same time into one model call, as TF Serving's batching.
 
-  A batch is ready when it holds max_batch_size rows or batch_timeout_s after its first
-  request; num_batch_threads workers take ready batches in order. A ready batch that waits for
+  A batch is ready when it holds max_batch_size rows, batch_timeout_s after its first request,
+  or as soon as no other request is arriving (between its body being read and its handing to
+  the batcher; the HTTP side counts them with arriving()/arrived()): a lone request does not
+  wait for company that is not coming, and under load a batch takes every request already on
+  its way. num_batch_threads workers take ready batches in order. A ready batch that waits for
   a worker keeps taking requests until it is full, so under load the batches grow instead of
   queueing up small. Only requests of one version, signature and per-row shape are merged.
 
@@ -58,6 +61,18 @@ class Batcher(object):
     self._workers = []
     self.calls = 0  # model calls made (for tests and benchmarks)
     self.batched_requests = 0
+    self._arriving = 0
+
+  def arriving(self):
+    """A request's body is being read or parsed: open batches may wait for it."""
+    self._arriving += 1
+
+  def arrived(self):
+    """That request is handed over (or failed): when none is left arriving, open batches go."""
+    self._arriving -= 1
+    if self._arriving == 0 and self._ready is not None:
+      for batch in list(self._open.values()):
+        self._queue(batch)  # still open to requests until a worker takes it
 
   def _start(self):
     if self._ready is None:
@@ -88,6 +103,8 @@ class Batcher(object):
     batch.rows += rows
     if batch.rows >= self._max_rows:
       self._close(batch)
+    elif self._arriving == 0:
+      self._queue(batch)
     return await future
 
   async def _alone(self, version, signature, feeds):

@@ -156,19 +156,29 @@ class RestApi(object):
       return _error(413, 'Request body of %d bytes is larger than the limit of %d bytes' % (
           request.content_length, request.client_max_size))
     self.manager.resolve(name, version)  # the URL is checked before the body is read
-    state['reading'] = True
-    raw = await request.read()
-    state['reading'] = False
-    if len(raw) >= self.RELEASE_AFTER_BYTES:
-      try:
-        return await self._infer_body(request, name, version, verb, raw)
-      finally:
-        # Later, once this request's frames and tasks are gone too.
-        loop = asyncio.get_running_loop()
-        loop.call_later(0.2, loop.run_in_executor, self.parse_executor, release_memory)
-    return await self._infer_body(request, name, version, verb, raw)
+    self.batcher.arriving()
+    state['arriving'] = True
+    try:
+      state['reading'] = True
+      raw = await request.read()
+      state['reading'] = False
+      if len(raw) >= self.RELEASE_AFTER_BYTES:
+        try:
+          return await self._infer_body(request, name, version, verb, raw, state)
+        finally:
+          # Later, once this request's frames and tasks are gone too.
+          loop = asyncio.get_running_loop()
+          loop.call_later(0.2, loop.run_in_executor, self.parse_executor, release_memory)
+      return await self._infer_body(request, name, version, verb, raw, state)
+    finally:
+      self._arrived(state)
 
-  async def _infer_body(self, request, name, version, verb, raw):
+  def _arrived(self, state):
+    """Tells the batcher once that this request is no longer on its way to it."""
+    if state.pop('arriving', False):
+      self.batcher.arrived()
+
+  async def _infer_body(self, request, name, version, verb, raw, state):
     size = len(raw)
     body = await self._parse(size, _load_json, raw)
     del raw
@@ -191,6 +201,7 @@ class RestApi(object):
       feeds, row_format, rows = await self._parse(
           size, json_tensors.parse_request, body, signature, self.limits)
       del body
+      self._arrived(state)
       outputs = await self.batcher.run(loaded, signature, feeds, rows)
       return web.Response(status=200, body=json_tensors.format_response(outputs, row_format),
                           content_type='application/json')

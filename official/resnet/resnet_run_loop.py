@@ -48,7 +48,10 @@ class EstimatorSettings(object):
 # What the loop trains on: fn(is_training, batch_size, num_epochs, dtype, seed,
 # datasets_num_private_threads) -> Dataset, the image shape [h, w, c] and the training examples
 # per epoch.
-Data = dataclasses.make_dataclass('Data', ['input_fn', 'image_shape', 'num_train'])
+# test_set: None, or fn() -> (float images [N, h, w, c] in [0, 1], int labels [N]), which the
+# export measures its accuracy on in each precision (export.export_model).
+Data = dataclasses.make_dataclass('Data', ['input_fn', 'image_shape', 'num_train',
+                                           ('test_set', object, None)])
 
 
 ################################################################################
@@ -208,7 +211,8 @@ def run_estimator(settings, estimator_settings, cluster_settings, model_fn, para
     results = loop.train_locally(estimator_settings.eval_only)
   return lifecycle.export_if_asked(settings, lambda export_dir: export_resnet(
       export_dir, model_fn, params, data.image_shape, tf.train.latest_checkpoint(
-          settings.model_dir), estimator_settings.image_bytes_as_serving_input), results)
+          settings.model_dir), facts['dtype_used'],
+      estimator_settings.image_bytes_as_serving_input, data.test_set), results)
 
 
 def _make_estimator(settings, estimator_settings, model_fn, params, placement, inter_op,
@@ -366,12 +370,14 @@ class _Loop(object):
     return results
 
 
-def export_resnet(export_dir, model_fn, params, image_shape, checkpoint_path,
-                  image_bytes_default=False):
+def export_resnet(export_dir, model_fn, params, image_shape, checkpoint_path, training_dtype,
+                  image_bytes_default=False, test_set=None):
   """Exports the checkpoint through export.export_model: model_fn's PREDICT graph, computing
-  in params['dtype'] (float32 when bf16 came from the CPU rewrite, which exports leave out)."""
+  in params['dtype'] (float32 when bf16 came from the CPU rewrite, which exports leave out;
+  training_dtype records it)."""
   def build_outputs(images):
     spec = model_fn(images, None, tf.estimator.ModeKeys.PREDICT, params)
     return spec.predictions
   return export.export_model(export_dir, list(image_shape), build_outputs, checkpoint_path,
-                             params['dtype'], image_bytes_default=image_bytes_default)
+                             params['dtype'], training_dtype,
+                             image_bytes_default=image_bytes_default, test_set=test_set)

@@ -22,7 +22,10 @@ import shutil
 import tempfile
 import time
 
+import numpy as np
 import tensorflow as tf
+
+from official.utils import precision
 
 IMAGES_INPUT = 'images'
 IMAGE_BYTES_INPUT = 'image_bytes'
@@ -30,9 +33,10 @@ DEFAULT_SIGNATURE = 'serving_default'
 PREDICT_SIGNATURE = 'predict'
 OUTPUTS = ('classes', 'probabilities')
 SAVED_MODEL_FILES = ('saved_model.pb', 'saved_model.pbtxt')
-# What an export needs to say beyond its signatures: the dtype its graph computes in (a bf16
-# ResNet computes in bf16 wherever it is served). TF Serving ignores assets.extra apart from
-# warm-up requests.
+# What an export needs to say beyond its signatures: the dtype its graph computes in (fp32,
+# unless a GPU run cast its layers) and the dtype it was trained and evaluated in, by which our
+# server and `predict` choose to serve in bf16 (mnist_cnn/serving/inference_graph.py). TF
+# Serving ignores assets.extra apart from warm-up requests.
 SERVING_INFO = 'assets.extra/mnist_cnn.json'
 STAGING_PREFIX = '.tmp-export-'
 INT64_MAX = 2 ** 63 - 1
@@ -130,7 +134,7 @@ def signature_defs(images_input, image_bytes_input, outputs, image_bytes_default
 
 
 def export_model(export_dir, image_shape, build_outputs, checkpoint_path, compute_dtype,
-                 image_bytes_default=False, accept_flat=False):
+                 training_dtype, image_bytes_default=False, accept_flat=False, test_set=None):
   """Exports a checkpoint as a new version under export_dir; returns its path.
 
   Args:
@@ -140,8 +144,13 @@ def export_model(export_dir, image_shape, build_outputs, checkpoint_path, comput
       building the inference graph with the checkpoint's variable names.
     checkpoint_path: the checkpoint to restore every variable of that graph from.
     compute_dtype: the dtype the graph computes in, recorded in SERVING_INFO.
+    training_dtype: the dtype the run trained and evaluated in ('fp32', 'bf16': the run's
+      dtype_used), recorded too: servers choose their precision by it.
     image_bytes_default: `serving_default` takes encoded images.
     accept_flat: `images` also takes [N, h*w*c] (see serving_inputs).
+    test_set: None, or fn() -> (float images [N, h, w, c] in [0, 1], int labels [N]): the
+      export's accuracy on them in each precision this CPU computes natively is recorded
+      (`test_accuracy`), by which servers decide whether bf16 may serve it.
   """
   def write(path):
     with tf.Graph().as_default() as graph:
@@ -158,8 +167,35 @@ def export_model(export_dir, image_shape, build_outputs, checkpoint_path, comput
                                              image_bytes_default),
             strip_default_attrs=True)
         builder.save()
-    write_serving_info(path, {'compute_dtype': compute_dtype})
+    info = {'compute_dtype': compute_dtype, 'image_shape': list(image_shape),
+            'training_dtype': training_dtype}
+    if test_set is not None:
+      images, labels = test_set()
+      dtypes = ['fp32', 'bf16'] if precision.cpu_supports_bf16() else ['fp32']
+      info['test_accuracy'] = {dtype: measure_accuracy(path, images, labels, dtype)
+                               for dtype in dtypes}
+    write_serving_info(path, info)
   return export_atomically(export_dir, write)
+
+
+def measure_accuracy(saved_model_dir, images, labels, dtype, batch_size=500):
+  """Test accuracy of a SavedModel's `serving_default` computing in dtype ('fp32', or 'bf16'
+  by the oneDNN rewrite), a batch at a time."""
+  config = tf.compat.v1.ConfigProto()
+  if dtype == 'bf16':
+    precision.enable_bf16_rewrite(config)
+  with tf.Graph().as_default() as graph, tf.compat.v1.Session(graph=graph,
+                                                               config=config) as sess:
+    meta_graph = tf.compat.v1.saved_model.loader.load(
+        sess, [tf.compat.v1.saved_model.tag_constants.SERVING], saved_model_dir)
+    signature = meta_graph.signature_def[DEFAULT_SIGNATURE]
+    if IMAGES_INPUT not in signature.inputs:  # image_bytes_default: the floats are here
+      signature = meta_graph.signature_def[alternative_signature(IMAGES_INPUT)]
+    run = sess.make_callable(signature.outputs['classes'].name,
+                             [signature.inputs[IMAGES_INPUT].name])
+    correct = sum(int(np.sum(run(images[i:i + batch_size]) == labels[i:i + batch_size]))
+                  for i in range(0, len(images), batch_size))
+  return correct / float(len(images))
 
 
 def version_number(name):

@@ -9,6 +9,9 @@ import pytest
 
 from benchmarks import cluster_scaling
 from benchmarks import serving_abuse
+from mnist_cnn.serving import inference_graph
+from official.utils import export
+from official.utils import precision
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2', PYTHONPATH=REPO, PYTHONUNBUFFERED='1')
@@ -53,19 +56,36 @@ def test_pipeline_benchmark_runs_in_smoke_mode():
 
 
 @pytest.mark.slow
-def test_serving_benchmark_runs_in_smoke_mode(exports):
+def test_serving_benchmark_runs_in_smoke_mode(exports, idx_dir):
   result = subprocess.run(
-      [sys.executable, os.path.join(REPO, 'benchmarks', 'serving_latency.py'),
-       '--export_dir=' + os.path.dirname(exports['alexnet']), '--rounds=1',
+      [sys.executable, os.path.join(REPO, 'benchmarks', 'serving.py'),
+       '--export=tiny=' + os.path.dirname(exports['alexnet']), '--rounds=1',
        '--latency_requests=5', '--clients=4', '--requests_per_client=3', '--seconds=0.3',
-       '--large_batch=8'], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
+       '--peak_seconds=0.2', '--breakdown', '--data_dir=' + idx_dir],
+      capture_output=True, text=True, env=ENV, cwd=REPO, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
-  rows = [line.split('|')[1].strip() for line in result.stdout.splitlines()
+  out = result.stdout
+  rows = [line.split('|')[1].strip() for line in out.splitlines()
           if line.startswith('| ') and not line.startswith('| path')]
-  assert rows == ['in process (Session on the export)', 'in process, larger batches',
-                  'REST server, 1 client', 'REST server, 4 clients, batching',
-                  'REST server, 4 clients, no batching']
-  assert re.search(r'in-process throughput in batches of 4: \d+\.\d\d', result.stdout)
+  # The optimised path in fp32, and in bf16 where the CPU has it natively; the precision the
+  # export's record makes the server choose is marked and last.
+  native = precision.cpu_supports_bf16()
+  chosen = inference_graph.choose_precision(
+      'auto', export.read_serving_info(exports['alexnet']), native)
+  options = sorted({'fp32', chosen} | ({'bf16'} if native else set()),
+                   key=lambda option: (option == chosen, option))
+  optimised = ['optimised, %s%s' % (option, ' (load-time choice)' if option == chosen else '')
+               for option in options]
+  assert rows == ['TF1 loader', 'tf.saved_model.load'] + optimised + [
+      'REST server (defaults)', 'REST server, batching off'] + ['TF1 loader'] + optimised
+  # The check on every test image: the optimised fp32 path gives each the class the export does.
+  assert re.search(r'\| optimised, fp32( \(load-time choice\))? \| [01]\.\d{4} \| 20 / 20 \| ',
+                   out), out
+  for line in ('REST p50 / tf.saved_model.load p50', 'optimised p50 / arithmetic',
+               'REST 4 clients / optimised in process, batches of 4'):
+    assert re.search(re.escape(line) + r'.*: \d+\.\d\d', out), line
+  assert 'precision %s, frozen graph: yes' % chosen in out
+  assert out.count('Where one batch-1 call goes') == 2
 
 
 @pytest.mark.slow
