@@ -30,12 +30,15 @@ def test_precision_is_bf16_only_for_a_bf16_export_on_a_bf16_cpu():
   assert inference_graph.choose_precision('auto', {}, cpu_has_bf16=True) == 'fp32'  # old export
   assert inference_graph.choose_precision('bf16', fp32, cpu_has_bf16=False) == 'bf16'
   assert inference_graph.choose_precision('fp32', bf16, cpu_has_bf16=True) == 'fp32'
-  # A measured record decides over the training dtype: at most 0.05 points lost.
-  kept = {'training_dtype': 'fp32', 'test_accuracy': {'fp32': 0.9900, 'bf16': 0.9896}}
+  # Where the export measured both, bf16 may lose at most 0.05 points; an fp32-trained export
+  # stays fp32 (TF Serving's numbers) whatever it measured.
+  kept = {'training_dtype': 'bf16', 'test_accuracy': {'fp32': 0.9900, 'bf16': 0.9896}}
   lost = {'training_dtype': 'bf16', 'test_accuracy': {'fp32': 0.9900, 'bf16': 0.9890}}
+  fp32_trained = {'training_dtype': 'fp32', 'test_accuracy': {'fp32': 0.99, 'bf16': 0.99}}
   assert inference_graph.choose_precision('auto', kept, cpu_has_bf16=True) == 'bf16'
   assert inference_graph.choose_precision('auto', kept, cpu_has_bf16=False) == 'fp32'
   assert inference_graph.choose_precision('auto', lost, cpu_has_bf16=True) == 'fp32'
+  assert inference_graph.choose_precision('auto', fp32_trained, cpu_has_bf16=True) == 'fp32'
   with pytest.raises(ValueError, match='auto, fp32, bf16'):
     inference_graph.choose_precision('fp16', bf16, cpu_has_bf16=True)
 
