@@ -8,13 +8,13 @@ Why freezing, measured on the 6-epoch ResNet-18 export (batch 1, 2-core AMD EPYC
 call on the graph as loaded, 3.5 ms frozen. Convolutions were 90% of the op time; with the
 filters read from variables oneDNN converts every filter to its blocked layout again on every
 call (45 MB of weights for ResNet-18), while constant filters are converted once and kept. The
-180 variable reads were 3%. Folding batch norm into the convolutions (TF's
+90 variable reads were 3%. Folding batch norm into the convolutions (TF's
 optimize_for_inference) changed nothing measurable (3.93 -> 3.93 ms): grappler already fuses a
 convolution with the batch norm after it, and in pre-activation blocks the others follow an
 addition, so it is not done here.
 
 Precision: on a CPU with native bfloat16 (AVX512-BF16 or AMX) the oneDNN bf16 rewrite makes
-batch-1 calls faster still (ResNet-18 3.5 -> 2.5 ms, AlexNet 1.4 -> 0.9 ms here), mostly by
+batch-1 calls faster still (ResNet-18 3.9 -> 2.4 ms, AlexNet 1.6 -> 1.0 ms here), mostly by
 reading half the weight bytes. 'auto' takes it only where the CPU has it, the export was trained
 in bf16 (so its evaluations computed in bf16 too) and, where the export measured its test
 accuracy in both precisions when it was written, bf16 lost at most 0.05 points. An

@@ -4,7 +4,6 @@ guards every connection passes (header timeout, connection cap, request size).
 
 import asyncio
 import collections
-import gc
 import json
 import math
 import re
@@ -33,30 +32,6 @@ def _json(status, body):
 
 def _error(status, message):
   return _json(status, {'error': message})
-
-
-def _load_malloc_trim():
-  try:
-    import ctypes  # pylint: disable=g-import-not-at-top
-    return ctypes.CDLL('libc.so.6').malloc_trim
-  except (OSError, AttributeError):  # not glibc
-    return None
-
-
-_MALLOC_TRIM = _load_malloc_trim()
-
-
-def release_memory():
-  """Frees a large request's garbage and hands the pages back to the system.
-
-  A 16 MiB request's JSON is ~80 MB of Python lists. A refused request's exception traceback
-  holds them in a reference cycle, and having lived through the parse they sit in the oldest
-  garbage-collector generation, which is rarely collected; once freed, glibc keeps the pages in
-  its per-thread arenas. Two such requests left the server 25% larger for good (592 -> 737 MB).
-  """
-  gc.collect()
-  if _MALLOC_TRIM is not None:
-    _MALLOC_TRIM(0)
 
 
 def _finite_float(text):
@@ -143,7 +118,7 @@ class RestApi(object):
       return _error(413, 'Request body is larger than the limit of %d bytes' % (
           e.max_size if hasattr(e, 'max_size') else request.client_max_size))
 
-  # After a body this large, freed memory is handed back (release_memory).
+  # After a body this large, freed memory is handed back (models.release_memory).
   RELEASE_AFTER_BYTES = 1024 * 1024
 
   async def _parse(self, size, fn, *args):
@@ -168,7 +143,8 @@ class RestApi(object):
         finally:
           # Later, once this request's frames and tasks are gone too.
           loop = asyncio.get_running_loop()
-          loop.call_later(0.2, loop.run_in_executor, self.parse_executor, release_memory)
+          loop.call_later(0.2, loop.run_in_executor, self.parse_executor,
+                          models.release_memory)
       return await self._infer_body(request, name, version, verb, raw, state)
     finally:
       self._arrived(state)
