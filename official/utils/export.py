@@ -34,9 +34,10 @@ PREDICT_SIGNATURE = 'predict'
 OUTPUTS = ('classes', 'probabilities')
 SAVED_MODEL_FILES = ('saved_model.pb', 'saved_model.pbtxt')
 # What an export needs to say beyond its signatures: the dtype its graph computes in (fp32,
-# unless a GPU run cast its layers) and the dtype it was trained and evaluated in, by which our
-# server and `predict` choose to serve in bf16 (mnist_cnn/serving/inference_graph.py). TF
-# Serving ignores assets.extra apart from warm-up requests.
+# unless a GPU run cast its layers), its image shape, the dtype it was trained and evaluated in
+# and its test accuracy in fp32 and bf16, by which our server and `predict` choose to serve in
+# bf16 (mnist_cnn/serving/inference_graph.py). TF Serving ignores assets.extra apart from
+# warm-up requests.
 SERVING_INFO = 'assets.extra/mnist_cnn.json'
 STAGING_PREFIX = '.tmp-export-'
 INT64_MAX = 2 ** 63 - 1
