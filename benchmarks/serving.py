@@ -39,10 +39,14 @@ from tensorflow.core.protobuf import config_pb2
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from mnist_cnn import input_data  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mnist_cnn import predict  # pylint: disable=g-import-not-at-top,wrong-import-position
-from mnist_cnn.serving import models  # pylint: disable=g-import-not-at-top,wrong-import-position
-from official.utils import precision  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from mnist_cnn import input_data
+from mnist_cnn import predict
+from mnist_cnn.serving import inference_graph
+from mnist_cnn.serving import models
+from official.utils import export
+from official.utils import precision
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 
 class ServerProcess(object):
@@ -165,16 +169,16 @@ def tf2_path(version_dir):
 
 def forward_flops(loaded, row_shape):
   """Float ops of one image through the graph a LoadedVersion runs, by TF's profiler."""
+  from benchmarks import suite  # pylint: disable=g-import-not-at-top
   signature = loaded.signatures['serving_default']
   graph_def = loaded.graph.as_graph_def()
-  with tf.Graph().as_default() as graph:
+
+  def build():
     image = tf.compat.v1.placeholder(tf.float32, [1] + list(row_shape))
     tf.compat.v1.import_graph_def(
         graph_def, input_map={signature.inputs['images'].tensor_name: image},
         return_elements=[signature.outputs['probabilities']], name='')
-    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
-    options['output'] = 'none'
-    return tf.compat.v1.profiler.profile(graph, options=options).total_float_ops
+  return suite.forward_flops(build)
 
 
 def matmul_peak(dtype, size=1024, chain=8, seconds=2.0):
@@ -238,7 +242,8 @@ def _spread(values, fmt='%.1f'):
 def in_process_paths(version_dir):
   """TF1 loader, tf.saved_model.load, then the optimised path in fp32 and (where this CPU has
   native bf16) bf16, the load-time choice marked and last."""
-  chosen = models.LoadedVersion(0, version_dir).precision
+  chosen = inference_graph.choose_precision('auto', export.read_serving_info(version_dir),
+                                            precision.cpu_supports_bf16())
   paths = [loader_path('TF1 loader', version_dir, optimize=False, serving_precision='fp32'),
            tf2_path(version_dir)]
   options = {'fp32', chosen} | ({'bf16'} if precision.cpu_supports_bf16() else set())

@@ -143,22 +143,20 @@ class LoadedVersion(object):
     its warm-up. Fills `callables` as _callable keys them."""
     for signature in self.signatures.values():
       names = tuple(sorted(signature.inputs))
-      fetch = [signature.outputs[k] for k in sorted(signature.outputs)]
+      key = _callable_key(signature, names)
       try:
-        frozen_call = _make_callable(frozen, [signature.inputs[k].tensor_name for k in names],
-                                     fetch)
+        frozen_call = _make_callable(frozen, key)
       except (ValueError, TypeError, KeyError, tf.errors.OpError) as e:
         return 'signature %s does not run on the frozen graph (%s)' % (
             signature.name, str(e).split('\n')[0])
-      callables[_callable_key(signature, names)] = frozen_call
+      callables[key] = frozen_call
       feeds = _random_feeds(signature, names, self.serving_info.get('image_shape'))
       if feeds is None:
         continue
       try:
         answer = frozen_call(*feeds)
         if self.precision == 'fp32':  # bf16 answers may differ by rounding: it must run
-          loaded_call = _make_callable(
-              self._session, [signature.inputs[k].tensor_name for k in names], fetch)
+          loaded_call = _make_callable(self._session, key)
           if not all(np.allclose(a, b, rtol=1e-3, atol=1e-5)
                      for a, b in zip(answer, loaded_call(*feeds))):
             return 'signature %s answers differently on the frozen graph' % signature.name
@@ -214,9 +212,7 @@ class LoadedVersion(object):
     """
     key = _callable_key(signature, names)
     if key not in self._callables:
-      self._callables[key] = _make_callable(
-          self._session, [signature.inputs[k].tensor_name for k in names],
-          [signature.outputs[k] for k in sorted(signature.outputs)])
+      self._callables[key] = _make_callable(self._session, key)
     return self._callables[key]
 
   def run(self, signature, feeds):
@@ -247,15 +243,19 @@ class LoadedVersion(object):
 
 
 def _callable_key(signature, names):
-  """Callables are kept per feed and fetch tensors, not per signature: `predict` and
+  """(feed tensor names in `names` order, fetch tensor names in output-key order).
+
+  Callables are kept per feed and fetch tensors, not per signature: `predict` and
   `serving_default` run the same tensors, and each callable holds its own executor with its
   own copy of the constants (the frozen AlexNet: 22 MB each)."""
   return (tuple(signature.inputs[k].tensor_name for k in names),
           tuple(signature.outputs[k] for k in sorted(signature.outputs)))
 
 
-def _make_callable(session, feed, fetch):
-  """A session callable: no feed-shape check in Python, as TF Serving's C++ session run."""
+def _make_callable(session, key):
+  """A session callable for a _callable_key: no feed-shape check in Python, as TF Serving's
+  C++ session run."""
+  feed, fetch = key
   options = config_pb2.CallableOptions(feed=feed, fetch=fetch)
   return session._make_callable_from_options(options)  # pylint: disable=protected-access
 
