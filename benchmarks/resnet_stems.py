@@ -18,33 +18,34 @@ import tensorflow as tf
 from mnist_cnn import resnet_main
 from official.resnet import resnet_run_loop
 
-flags.DEFINE_integer('resnet_size', 18, 'ResNet size.')
-flags.DEFINE_integer('batch_size', 128, 'Batch size.')
-flags.DEFINE_integer('rounds', 5, 'Interleaved timing windows per stem.')
-flags.DEFINE_integer('steps_per_window', 5, 'Training steps per window.')
-flags.DEFINE_list('stems', list(resnet_main.STEMS), 'Stems to compare.')
 EPOCH_IMAGES = 60000
 
 
-def _train_session(stem, resnet_size, batch_size):
+def train_session(build_model, batch_size, config=None, aux_loss_weight=0.0):
+  """(warmed-up Session, train_op): resnet_model_fn in TRAIN mode on a fixed random batch of
+  28x28x1 images, the model from build_model(dtype). GoogLeNet's benchmark shares it."""
   graph = tf.Graph()
   with graph.as_default():
     rng = np.random.RandomState(0)
     features = tf.constant(rng.rand(batch_size, 28, 28, 1).astype(np.float32))
     labels = tf.constant(rng.randint(0, 10, batch_size).astype(np.int32))
-    params = {
-        'model': lambda dtype: resnet_main.MnistModel(resnet_size, 10, stem=stem,
-                                                      data_format='channels_last', dtype=dtype),
-        'num_classes': 10, 'weight_decay': 1e-4, 'momentum': 0.9, 'dtype': 'fp32',
-        'learning_rate_fn': lambda step: tf.constant(0.01)}
+    params = {'model': build_model, 'num_classes': 10, 'weight_decay': 1e-4, 'momentum': 0.9,
+              'dtype': 'fp32', 'aux_loss_weight': aux_loss_weight,
+              'learning_rate_fn': lambda step: tf.constant(0.01)}
     spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
                                            params)
     init = tf.compat.v1.global_variables_initializer()
-  session = tf.compat.v1.Session(graph=graph)
+  session = tf.compat.v1.Session(graph=graph, config=config)
   session.run(init)
   for _ in range(3):  # warm-up: graph optimisation and oneDNN kernel selection
     session.run(spec.train_op)
   return session, spec.train_op
+
+
+def _train_session(stem, resnet_size, batch_size):
+  return train_session(
+      lambda dtype: resnet_main.MnistModel(resnet_size, 10, stem=stem,
+                                           data_format='channels_last', dtype=dtype), batch_size)
 
 
 def main(_):
@@ -65,5 +66,14 @@ def main(_):
                                                  max(rates[stem]), EPOCH_IMAGES / median / 60))
 
 
+def _define_flags():
+  flags.DEFINE_integer('resnet_size', 18, 'ResNet size.')
+  flags.DEFINE_integer('batch_size', 128, 'Batch size.')
+  flags.DEFINE_integer('rounds', 5, 'Interleaved timing windows per stem.')
+  flags.DEFINE_integer('steps_per_window', 5, 'Training steps per window.')
+  flags.DEFINE_list('stems', list(resnet_main.STEMS), 'Stems to compare.')
+
+
 if __name__ == '__main__':
+  _define_flags()
   app.run(main)

@@ -6,11 +6,13 @@
 1. Training examples/second, interleaved windows per model (median, min-max, ratio to Keras):
    AlexNet placeholder loop / tf.data / tf.keras fit (benchmarks/alexnet_feeding.py), and
    ResNet-18 MNIST config through the Estimator in fp32 and bf16 / bare Session / tf.keras fit
-   (benchmarks/resnet_pipeline.py), each called through its measure() function.
+   (benchmarks/resnet_pipeline.py), and GoogLeNet (mnist stem) at full width in fp32 and bf16
+   and at the fast configuration's quarter width in bf16, training steps in a Session
+   (benchmarks/googlenet_variants.py), each called through its measure() function.
 2. Achieved GFLOP/s = 3 x forward FLOPs per example (TensorFlow's profiler on the inference
    graph) x examples/s, against the fp32 matmul peak measured here (chained 2048x2048
    matmuls).
-3. SavedModel inference (exports of both models): batch-1 p50/p99 and batch-256 throughput
+3. SavedModel inference (exports of the three models): batch-1 p50/p99 and batch-256 throughput
    with the TF1 Session loader the REST server uses, and batch-1 through tf.saved_model.load.
 Prints markdown tables, starting with the machine they ran on. --smoke runs everything with
 tiny sizes and step counts (for CI: it checks the suite works, not the figures).
@@ -35,6 +37,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import alexnet_feeding
+from benchmarks import googlenet_variants
 from benchmarks import resnet_pipeline
 from benchmarks import serving
 from mnist_cnn import alexnet_model
@@ -42,6 +45,10 @@ from mnist_cnn import resnet_main
 from mnist_cnn.serving import models
 from official.utils import precision
 # pylint: enable=g-import-not-at-top,wrong-import-position
+
+
+# The width of mnist_cnn/configs/googlenet_fast.flags.
+FAST_GOOGLENET_WIDTH = 0.25
 
 
 def machine_description():
@@ -110,8 +117,8 @@ def _figures(rates):
 
 
 def export_models(work, smoke):
-  """Exports an AlexNet and a ResNet-18 (one training step on synthetic data; speed does not
-  depend on the weights); returns {name: version dir}."""
+  """Exports an AlexNet, a ResNet-18 and a GoogLeNet (one training step on synthetic data;
+  speed does not depend on the weights); returns {name: version dir}."""
   exports = {}
   filters = ['--num_filters=4'] if smoke else []
   commands = {
@@ -119,6 +126,9 @@ def export_models(work, smoke):
                   '--max_train_steps=1', '--train_epochs=1'],
       'ResNet-18': ['-m', 'mnist_cnn.resnet_main', '--resnet_size=18', '--use_synthetic_data',
                     '--max_train_steps=1', '--batch_size=8'] + filters,
+      'GoogLeNet': ['-m', 'mnist_cnn.googlenet_main', '--use_synthetic_data',
+                    '--max_train_steps=1', '--batch_size=8', '--batch_norm_batches=2'] + (
+                        ['--width_multiplier=0.125'] if smoke else []),
   }
   for name, command in commands.items():
     export_dir = os.path.join(work, name + '_export')
@@ -175,6 +185,15 @@ def main(argv=None):
                           0.2 if smoke else 5.0)
   flops = {'AlexNet': forward_flops(alexnet_forward),
            'ResNet-18': forward_flops(resnet_forward(num_filters))}
+  # GoogLeNet row -> (width multiplier, dtype): the defaults, and the fast configuration's.
+  googlenet_rows = {'fp32': (1.0, 'fp32'), 'bf16': (1.0, 'bf16'),
+                    'fast_bf16': (FAST_GOOGLENET_WIDTH, 'bf16')}
+  if smoke:
+    googlenet_rows = {'fp32': (0.125, 'fp32'), 'fast_bf16': (0.125, 'bf16')}
+  googlenet_variant = {name: 'mnist:%g:%s' % row for name, row in googlenet_rows.items()}
+  for name, (width, _) in googlenet_rows.items():
+    flops['GoogLeNet ' + name] = 1e9 * googlenet_variants.forward_gflops('mnist', width,
+                                                                         'batch_norm')
 
   if smoke:
     alexnet_rates = alexnet_feeding.measure(batch_size=10, rounds=rounds, steps_per_window=2,
@@ -188,6 +207,11 @@ def main(argv=None):
               for name, figures in _figures(alexnet_rates).items()]
   training += [('ResNet-18', name, figures) for name, figures in
                _figures(resnet_pipeline.measure(resnet_config)).items()]
+  googlenet_rates = googlenet_variants.measure(
+      list(googlenet_variant.values()), batch_size=8 if smoke else 128, rounds=rounds,
+      steps_per_window=1 if smoke else 5)
+  training += [('GoogLeNet', name, _figures({name: googlenet_rates[variant]})[name])
+               for name, variant in googlenet_variant.items()]
 
   print('Training, examples/s (interleaved windows; ratio to the same model in tf.keras fit; '
         'GFLOP/s = 3 x forward FLOPs x examples/s):\n')
@@ -195,9 +219,11 @@ def main(argv=None):
   print('|---|---|---:|---:|---:|---:|')
   keras = {model: figures[0] for model, name, figures in training if name == 'keras'}
   for model, name, (median, low, high) in training:
-    gflops = 3 * flops[model] * median / 1e9
-    print('| %s | %s | %.1f (%.1f-%.1f) | %.2f | %.1f | %.0f%% |' % (
-        model, name, median, low, high, median / keras[model], gflops, 100 * gflops / peak))
+    gflops = 3 * flops.get(model, flops.get('%s %s' % (model, name))) * median / 1e9
+    print('| %s | %s | %.1f (%.1f-%.1f) | %s | %.1f | %.0f%% |' % (
+        model, name, median, low, high,
+        '%.2f' % (median / keras[model]) if model in keras else '-', gflops,
+        100 * gflops / peak))
   print('\nForward FLOPs per example: %s. Matmul peak: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s.\n'
         % (', '.join('%s %.3g' % (m, f) for m, f in flops.items()), peak, peak_bf16))
 

@@ -25,7 +25,8 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, 'mnist_cnn', 'configs')
-MAINS = {'alexnet': 'mnist_cnn.alexnet_main', 'resnet': 'mnist_cnn.resnet_main'}
+MAINS = {'alexnet': 'mnist_cnn.alexnet_main', 'resnet': 'mnist_cnn.resnet_main',
+         'googlenet': 'mnist_cnn.googlenet_main'}
 
 
 def read_records(model_dir):

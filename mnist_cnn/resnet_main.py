@@ -23,25 +23,14 @@ averages otherwise lag a high learning rate; training images are shifted by up t
 --batch_norm_batches=0 --batch_norm_decay=0.997.
 """
 
-import functools
-
 from absl import app
 from absl import flags
-import tensorflow as tf
 
-from mnist_cnn import input_data
+from mnist_cnn import estimator_main
 from official.resnet import resnet_flags
 from official.resnet import resnet_model
-from official.resnet import resnet_run_loop
-from official.utils import batch_norm_statistics
-from official.utils import cluster_training
-from official.utils import distribution_utils
-from official.utils import learning_rate
-from official.utils import lifecycle
-from official.utils import precision
 from official.utils.flags import core as flags_core
 
-DATASET_NAME = 'MNIST'
 # stem name -> (kernel_size, conv_stride, first_pool_size, first_pool_stride)
 STEMS = {
     'mnist': (3, 1, 2, 2),
@@ -49,9 +38,6 @@ STEMS = {
     'imagenet': (7, 2, 3, 2),
 }
 BLOCK_STRIDES = [1, 2, 2, 2]
-BOUNDARY_FRACTIONS = (0.5, 0.75, 0.9)
-DECAY_RATES = (1.0, 0.1, 0.01, 0.001)
-BATCH_DENOM = 256
 
 
 class MnistModel(resnet_model.Model):
@@ -80,19 +66,15 @@ class MnistModel(resnet_model.Model):
 def define_mnist_flags(flag_values=flags.FLAGS):
   """The ResNet run-loop flags, this model's own, and MNIST defaults."""
   resnet_flags.define_resnet_flags(flag_values=flag_values)
+  estimator_main.define_augmentation_flags(flag_values)
   fv = {'flag_values': flag_values}
   flags.DEFINE_enum('stem', 'mnist', list(STEMS),
                     'First layers: mnist (3x3/1 conv + 2x2/2 pool), cifar (3x3/1, no pool) or '
                     'imagenet (7x7/2 conv + 3x3/2 pool).', **fv)
   flags.DEFINE_integer('num_filters', 64, 'Filters of the first stage (doubled per stage).',
                        **fv)
-  flags.DEFINE_integer('shift_pixels', 2,
-                       'Shift training images randomly by up to this many pixels (0: off).',
-                       **fv)
   flags.register_validator('num_filters', lambda v: v > 0,
                            message='--num_filters must be positive', **fv)
-  flags.register_validator('shift_pixels', lambda v: v >= 0,
-                           message='--shift_pixels must be zero or more', **fv)
   flags_core.set_defaults(flag_values, resnet_size='18', resnet_version='2', train_epochs=6,
                           batch_size=128, epochs_between_evals=1, weight_decay=5e-4,
                           base_learning_rate=0.2, warmup_epochs=0.2, lr_schedule='cosine',
@@ -100,27 +82,8 @@ def define_mnist_flags(flag_values=flags.FLAGS):
 
 
 def run_resnet(flags_obj):
-  """Trains and evaluates ResNet on MNIST (or synthetic data); returns the eval results.
-
-  The entry point's one read of the flags: below it, everything takes values.
-  """
-  settings = lifecycle.settings_from_flags(lifecycle.RunSettings, flags_obj)
-  # Settled before anything in model_dir is touched: a refusal must not cost a checkpoint.
-  has_gpu = bool(tf.config.list_physical_devices('GPU'))
-  plan = precision.plan(precision.settle_dtype(flags_obj.dtype, flags_obj.bf16_fallback,
-                                               has_gpu=has_gpu), has_gpu=has_gpu)
-  raw = input_data.load_data(flags_obj.data_dir, flags_obj.use_synthetic_data, flags_obj.seed)
-  data = resnet_run_loop.Data(
-      functools.partial(input_data.raw_input_fn, raw, shift_pixels=flags_obj.shift_pixels),
-      raw.image_shape, raw.num_train, raw.test_set)
-  params = model_params(flags_obj, raw, plan)
-  facts = dict(raw.describe(), model='resnet', dataset=(
-      'synthetic' if flags_obj.use_synthetic_data else DATASET_NAME), dtype_used=plan.dtype,
-               batch_norm_decay_used=params['batch_norm_decay'])
-  return resnet_run_loop.run_estimator(
-      settings, lifecycle.settings_from_flags(resnet_run_loop.EstimatorSettings, flags_obj),
-      lifecycle.settings_from_flags(cluster_training.ClusterSettings, flags_obj),
-      resnet_run_loop.resnet_model_fn, params, data, facts)
+  """Trains and evaluates ResNet on MNIST (or synthetic data); returns the eval results."""
+  return estimator_main.run(flags_obj, 'resnet', model_params)
 
 
 def model_params(flags_obj, raw, plan):
@@ -129,42 +92,18 @@ def model_params(flags_obj, raw, plan):
   resnet_version = int(flags_obj.resnet_version)
   stem, num_filters, data_format = flags_obj.stem, flags_obj.num_filters, flags_obj.data_format
   num_classes = raw.num_classes
+  params = estimator_main.recipe_params(flags_obj, raw.num_train, plan)
 
-  epochs = flags_obj.train_epochs
-  total_steps = int(epochs * raw.num_train / flags_obj.batch_size)
-  bn_decay = flags_obj.batch_norm_decay
-  if bn_decay is None:
-    bn_decay = batch_norm_statistics.batch_norm_decay_for(total_steps)
-
-  def build_model(dtype, batch_norm_decay=bn_decay):
+  def build_model(dtype, batch_norm_decay=params['batch_norm_decay']):
     return MnistModel(resnet_size, num_classes, stem=stem, num_filters=num_filters,
                       resnet_version=resnet_version, data_format=data_format, dtype=dtype,
                       batch_norm_decay=batch_norm_decay)
 
-  if flags_obj.lr_schedule == 'cosine':
-    learning_rate_fn = learning_rate.learning_rate_cosine(
-        batch_size=flags_obj.batch_size, batch_denom=BATCH_DENOM, num_images=raw.num_train,
-        train_epochs=epochs, base_lr=flags_obj.base_learning_rate,
-        warmup_epochs=flags_obj.warmup_epochs)
-  else:
-    learning_rate_fn = learning_rate.learning_rate_with_decay(
-        batch_size=flags_obj.batch_size, batch_denom=BATCH_DENOM, num_images=raw.num_train,
-        boundary_epochs=[fraction * epochs for fraction in BOUNDARY_FRACTIONS],
-        decay_rates=DECAY_RATES, base_lr=flags_obj.base_learning_rate,
-        warmup_epochs=flags_obj.warmup_epochs)
-  return {'model': build_model, 'num_classes': num_classes,
-          'learning_rate_fn': learning_rate_fn, 'momentum': flags_obj.momentum,
-          'weight_decay': flags_obj.weight_decay, 'label_smoothing': flags_obj.label_smoothing,
-          'fine_tune': flags_obj.fine_tune, 'loss_scale': flags_obj.loss_scale,
-          'dtype': plan.graph_dtype, 'onednn_bf16': plan.onednn_bf16,
-          'batch_norm_decay': bn_decay}
+  return dict(params, model=build_model, num_classes=num_classes)
 
 
 def main(_):
-  cluster = lifecycle.settings_from_flags(cluster_training.ClusterSettings, flags.FLAGS)
-  lifecycle.run_main(run_resnet, flags.FLAGS,
-                     user_errors=input_data.DATA_ERRORS + (distribution_utils.DistributionError,),
-                     records_run=cluster_training.records_run(cluster))
+  estimator_main.main(run_resnet, flags.FLAGS)
 
 
 if __name__ == '__main__':

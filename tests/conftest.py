@@ -83,8 +83,10 @@ def learnable_idx_dir(tmp_path):
 
 @pytest.fixture(scope='session')
 def exports(tmp_path_factory):
-  """{'alexnet': version dir, 'alexnet_2': another AlexNet version dir, 'resnet': ...}."""
+  """{'alexnet': version dir, 'alexnet_2': another AlexNet version dir, 'resnet': ...,
+  'googlenet': ...}."""
   from mnist_cnn import alexnet_main  # pylint: disable=g-import-not-at-top
+  from mnist_cnn import googlenet_main  # pylint: disable=g-import-not-at-top
   from mnist_cnn import resnet_main  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('serve')
   data_dir = str(root / 'data')
@@ -100,6 +102,11 @@ def exports(tmp_path_factory):
       '--use_synthetic_data', '--model_dir=%s' % (root / 'resnet'), '--num_filters=4',
       '--batch_size=8', '--max_train_steps=2', '--export_dir=%s' % (root / 'resnet_export')]))
   found['resnet'] = result['export_path']
+  result = googlenet_main.run_googlenet(parse_flags(googlenet_main.define_googlenet_flags, [
+      '--use_synthetic_data', '--model_dir=%s' % (root / 'googlenet'),
+      '--width_multiplier=0.125', '--batch_size=8', '--max_train_steps=2',
+      '--batch_norm_batches=2', '--export_dir=%s' % (root / 'googlenet_export')]))
+  found['googlenet'] = result['export_path']
   return found
 
 

@@ -1,5 +1,11 @@
-"""Estimator params of a small ResNet, for tests that call resnet_model_fn themselves."""
+"""Estimator params of a small ResNet, for tests that call resnet_model_fn themselves, and an
+export's answers from a fresh process."""
 
+import os
+import subprocess
+import sys
+
+import numpy as np
 import tensorflow as tf
 
 from mnist_cnn import resnet_main
@@ -16,3 +22,27 @@ def resnet_params(**overrides):
       'fine_tune': False, 'label_smoothing': 0.0}
   params.update(overrides)
   return params
+
+
+_FRESH_PROCESS_SCRIPT = (
+    'import sys, numpy as np, tensorflow as tf\n'
+    'model = tf.saved_model.load(sys.argv[1])\n'
+    'names = [v.name for v in model.variables]\n'
+    'out = model.signatures["serving_default"](images=tf.constant(np.load(sys.argv[2])))\n'
+    'np.save(sys.argv[3], out["probabilities"].numpy())\n'
+    'print("\\n".join(names))\n')
+
+
+def exported_probabilities(export_path, images, work_dir):
+  """(probabilities [N, classes], the export's variable names) from serving_default in a
+  fresh Python process, as a user of the export would load it."""
+  images_path = os.path.join(str(work_dir), 'images.npy')
+  probs_path = os.path.join(str(work_dir), 'probs.npy')
+  np.save(images_path, images)
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  result = subprocess.run([sys.executable, '-c', _FRESH_PROCESS_SCRIPT, export_path,
+                           images_path, probs_path], capture_output=True, text=True,
+                          timeout=120, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3',
+                                                PYTHONPATH=repo))
+  assert result.returncode == 0, result.stderr[-2000:]
+  return np.load(probs_path), result.stdout.split()

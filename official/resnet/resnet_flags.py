@@ -11,20 +11,27 @@ from official.utils.flags import core as flags_core
 
 
 def define_resnet_flags(resnet_size_choices=None, flag_values=flags.FLAGS):
-  """Shared flags plus the ResNet run loop's own.
+  """The Estimator run loop's flags plus ResNet's size and version.
 
   Args:
     resnet_size_choices: the sizes --resnet_size accepts (all of resnet_model.RESNET_SIZES
       by default).
     flag_values: where to define them (tests pass a fresh absl FlagValues).
   """
-  flags_core.define_base_flags(flag_values)
+  define_estimator_flags(flag_values)
   fv = {'flag_values': flag_values}
   choices = [str(size) for size in (resnet_size_choices or sorted(resnet_model.RESNET_SIZES))]
   flags.DEFINE_enum('resnet_size', '50', choices, 'The size of the ResNet model to use.', **fv)
   flags.DEFINE_enum('resnet_version', str(resnet_model.DEFAULT_VERSION), ['1', '2'],
                     'ResNet version: 1 (v1.5, stride on the 3x3 conv) or 2 (pre-activation).',
                     **fv)
+
+
+def define_estimator_flags(flag_values=flags.FLAGS):
+  """Shared flags plus those of the Estimator run loop, its recipe and its cluster path: what
+  every Estimator main (ResNet, GoogLeNet) takes."""
+  flags_core.define_base_flags(flag_values)
+  fv = {'flag_values': flag_values}
   flags.DEFINE_enum('data_format', None, ['channels_first', 'channels_last'],
                     'Tensor layout; default channels_first with a GPU, channels_last on CPU.',
                     **fv)

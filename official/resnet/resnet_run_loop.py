@@ -72,11 +72,14 @@ def resnet_model_fn(features, labels, mode, params):
     labels: int class indices [B] (None in PREDICT).
     mode: a tf.estimator.ModeKeys value.
     params: dict with
-      'model': callable(dtype, batch_norm_decay=<the run's>) -> resnet_model.Model configured
-        for the dataset (official/utils/batch_norm_statistics.py builds it with decay 0);
+      'model': callable(dtype, batch_norm_decay=<the run's>) -> a model configured for the
+        dataset (resnet_model.Model, googlenet_model.GoogLeNet), which
+        official/utils/batch_norm_statistics.py builds with decay 0;
       'num_classes', 'weight_decay', 'momentum', 'learning_rate_fn' (fn(global_step));
       'dtype' (what the layers compute in: 'fp32', 'fp16', 'bf16'), 'loss_scale' (None: the
       dtype's default); 'fine_tune' (train only the dense layer), 'label_smoothing';
+      'aux_loss_weight' (optional: what each auxiliary head's cross-entropy weighs in the
+      loss, for models returning (logits, end_points));
       'loss_filter_fn' (optional; default excludes batch-norm variables).
 
   Returns:
@@ -84,13 +87,13 @@ def resnet_model_fn(features, labels, mode, params):
   """
   if isinstance(features, dict):  # a serving receiver wraps a lone tensor as {'feature': t}
     features = features['feature']
-  predictions, logits = _predictions(features, mode, params)
+  predictions, logits, aux_logits = _predictions(features, mode, params)
   if mode == tf.estimator.ModeKeys.PREDICT:
     return tf.estimator.EstimatorSpec(
         mode=mode, predictions=predictions,
         export_outputs={'predict': tf.estimator.export.PredictOutput(predictions)})
   labels = tf.cast(labels, tf.int32)
-  cross_entropy, loss = _loss(logits, labels, params)
+  cross_entropy, loss = _loss(logits, labels, params, aux_logits)
   metrics = _metrics(logits, labels, predictions, cross_entropy, params['num_classes'])
   if mode == tf.estimator.ModeKeys.EVAL:
     return tf.estimator.EstimatorSpec(mode=mode, predictions=predictions, loss=loss,
@@ -101,33 +104,46 @@ def resnet_model_fn(features, labels, mode, params):
 
 
 def _predictions(features, mode, params):
-  """The model in params['dtype'], its float32 logits, classes and probabilities."""
+  """The model in params['dtype'], its float32 logits, classes and probabilities, and the
+  float32 logits of its auxiliary heads (a model that returns (logits, end_points), as
+  GoogLeNet does, names them 'AuxLogits_*' in training)."""
   dtype = precision.tf_dtype(params['dtype'])
   model = params['model'](dtype)
   tf.compat.v1.summary.image('images', tf.cast(features, tf.float32), max_outputs=4)
-  logits = model(tf.cast(features, dtype), mode == tf.estimator.ModeKeys.TRAIN)
+  outputs = model(tf.cast(features, dtype), mode == tf.estimator.ModeKeys.TRAIN)
+  logits, end_points = outputs if isinstance(outputs, tuple) else (outputs, {})
+  aux_logits = [tf.cast(end_points[name], tf.float32) for name in sorted(end_points)
+                if name.startswith('AuxLogits')]
   logits = tf.cast(logits, tf.float32)  # softmax and loss in float32
   return {'classes': tf.argmax(logits, axis=1),
-          'probabilities': tf.nn.softmax(logits, name='softmax_tensor')}, logits
+          'probabilities': tf.nn.softmax(logits, name='softmax_tensor')}, logits, aux_logits
 
 
-def _loss(logits, labels, params):
-  """(cross-entropy, cross-entropy + weight decay over the variables loss_filter_fn keeps)."""
+def _cross_entropy(logits, labels, params):
   if params.get('label_smoothing'):
     one_hot = tf.one_hot(labels, params['num_classes'])
-    cross_entropy = tf.compat.v1.losses.softmax_cross_entropy(
+    return tf.compat.v1.losses.softmax_cross_entropy(
         one_hot, logits, label_smoothing=params['label_smoothing'])
-  else:
-    cross_entropy = tf.compat.v1.losses.sparse_softmax_cross_entropy(labels=labels,
-                                                                     logits=logits)
-  cross_entropy = tf.identity(cross_entropy, name='cross_entropy')
+  return tf.compat.v1.losses.sparse_softmax_cross_entropy(labels=labels, logits=logits)
+
+
+def _loss(logits, labels, params, aux_logits=()):
+  """(cross-entropy, cross-entropy + params['aux_loss_weight'] x each auxiliary head's
+  cross-entropy + weight decay over the variables loss_filter_fn keeps)."""
+  cross_entropy = tf.identity(_cross_entropy(logits, labels, params), name='cross_entropy')
   tf.compat.v1.summary.scalar('cross_entropy', cross_entropy)
+  loss = cross_entropy
+  if aux_logits and params.get('aux_loss_weight'):
+    aux_loss = tf.identity(params['aux_loss_weight'] * tf.add_n(
+        [_cross_entropy(aux, labels, params) for aux in aux_logits]), name='aux_loss')
+    tf.compat.v1.summary.scalar('aux_loss', aux_loss)
+    loss += aux_loss
   loss_filter_fn = params.get('loss_filter_fn') or default_loss_filter_fn
   decayed = [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in tf.compat.v1.trainable_variables()
              if loss_filter_fn(v.name)]
   l2_loss = tf.identity(params['weight_decay'] * tf.add_n(decayed), name='l2_loss')
   tf.compat.v1.summary.scalar('l2_loss', l2_loss)
-  return cross_entropy, cross_entropy + l2_loss
+  return cross_entropy, loss + l2_loss
 
 
 def _metrics(logits, labels, predictions, cross_entropy, num_classes):

@@ -77,18 +77,8 @@ def test_end_to_end_on_tiny_idx_data_with_export_loaded_in_a_fresh_process(
   assert version.isdigit() and os.listdir(export_dir) == [version]
 
   images = np.random.RandomState(1).rand(4, 28, 28, 1).astype(np.float32)
-  np.save(str(tmp_path / 'images.npy'), images)
-  script = (
-      'import sys, numpy as np, tensorflow as tf\n'
-      'fn = tf.saved_model.load(sys.argv[1]).signatures["serving_default"]\n'
-      'out = fn(images=tf.constant(np.load(sys.argv[2])))\n'
-      'assert out["probabilities"].shape == (4, 10)\n'
-      'np.save(sys.argv[3], out["probabilities"].numpy())\n')
-  result = subprocess.run([sys.executable, '-c', script, results['export_path'],
-                           str(tmp_path / 'images.npy'), str(tmp_path / 'probs.npy')],
-                          capture_output=True, text=True, timeout=120, env=ENV)
-  assert result.returncode == 0, result.stderr[-2000:]
-  exported = np.load(str(tmp_path / 'probs.npy'))
+  exported, _ = model_helpers.exported_probabilities(results['export_path'], images, tmp_path)
+  assert exported.shape == (4, 10)
 
   # The Estimator's own predictions from the checkpoint agree with the export.
   estimator = tf.estimator.Estimator(

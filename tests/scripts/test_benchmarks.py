@@ -42,6 +42,21 @@ def test_stem_benchmark_runs_in_smoke_mode():
 
 
 @pytest.mark.slow
+def test_googlenet_variant_benchmark_runs_in_smoke_mode():
+  result = subprocess.run(
+      [sys.executable, os.path.join(REPO, 'benchmarks', 'googlenet_variants.py'),
+       '--batch_size=2', '--rounds=1', '--steps_per_window=1',
+       '--variants=mnist:0.125:fp32,imagenet:0.125:bf16'], capture_output=True, text=True,
+      timeout=600, env=ENV, cwd=REPO)
+  assert result.returncode == 0, result.stderr[-3000:]
+  rows = [line.split('|') for line in result.stdout.splitlines()
+          if line.startswith('| ') and not line.startswith('| variant')]
+  assert [row[1].strip() for row in rows] == ['mnist:0.125:fp32', 'imagenet:0.125:bf16']
+  gflops = [float(row[2]) for row in rows]
+  assert gflops[0] > gflops[1] > 0  # the mnist stem keeps larger maps
+
+
+@pytest.mark.slow
 def test_pipeline_benchmark_runs_in_smoke_mode():
   result = subprocess.run(
       [sys.executable, os.path.join(REPO, 'benchmarks', 'resnet_pipeline.py'),
@@ -138,18 +153,21 @@ def test_suite_runs_in_smoke_mode():
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
   assert out.startswith('Machine: ') and 'TensorFlow 2.15' in out
-  training = re.findall(r'^\| (AlexNet|ResNet-18) \| (\S+) \| ([\d.]+) \(', out, re.M)
+  training = re.findall(r'^\| (AlexNet|ResNet-18|GoogLeNet) \| (\S+) \| ([\d.]+) \(', out,
+                        re.M)
   assert [(m, v) for m, v, _ in training] == [
       ('AlexNet', 'placeholder'), ('AlexNet', 'tf.data'), ('AlexNet', 'keras'),
       ('ResNet-18', 'estimator'), ('ResNet-18', 'estimator_bf16'),
       ('ResNet-18', 'estimator_bf16_casts'), ('ResNet-18', 'session'),
-      ('ResNet-18', 'keras')]
+      ('ResNet-18', 'keras'), ('GoogLeNet', 'fp32'), ('GoogLeNet', 'fast_bf16')]
+  googlenet = re.findall(r'^\| GoogLeNet \| \S+ \| [^|]+ \| - \| ([\d.]+) \| (\d+)%', out, re.M)
+  assert len(googlenet) == 2  # no Keras twin: "-"; GFLOP/s and % of peak from its own FLOPs
   assert all(float(rate) > 0 for _, _, rate in training)
   peak = re.search(r'Matmul peak: fp32 (\d+) GFLOP/s, bf16 (\d+) GFLOP/s', out)
   assert peak and int(peak.group(1)) > 0
   flops = re.search(r'Forward FLOPs per example: AlexNet ([\d.e+]+), ResNet-18 ([\d.e+]+)', out)
   assert flops and float(flops.group(1)) > 1e6
-  inference = re.findall(r'^\| (AlexNet|ResNet-18) \| ([\d.]+) / ([\d.]+) \| (\d+) \|', out,
-                         re.M)
-  assert [row[0] for row in inference] == ['AlexNet', 'ResNet-18']
+  inference = re.findall(
+      r'^\| (AlexNet|ResNet-18|GoogLeNet) \| ([\d.]+) / ([\d.]+) \| (\d+) \|', out, re.M)
+  assert [row[0] for row in inference] == ['AlexNet', 'ResNet-18', 'GoogLeNet']
   assert all(float(p50) <= float(p99) for _, p50, p99, _ in inference)

@@ -8,11 +8,13 @@ from absl import flags
 import pytest
 
 from mnist_cnn import alexnet_main
+from mnist_cnn import googlenet_main
 from mnist_cnn import resnet_main
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'mnist_cnn', 'configs')
-MAINS = {'alexnet': alexnet_main.define_alexnet_flags, 'resnet18': resnet_main.define_mnist_flags}
+MAINS = {'alexnet': alexnet_main.define_alexnet_flags, 'resnet18': resnet_main.define_mnist_flags,
+         'googlenet': googlenet_main.define_googlenet_flags}
 # Flags that would tie a configuration to one machine, one dataset or one run.
 NOT_IN_A_CONFIG = ('data_dir', 'model_dir', 'clean', 'stop_threshold', 'seed', 'export_dir')
 
@@ -28,7 +30,8 @@ def _flag_values(name):
 
 
 def test_the_issue_s_configurations_exist():
-  assert {'alexnet_fast.flags', 'resnet18_fast.flags'} <= set(_configs())
+  assert {'alexnet_fast.flags', 'resnet18_fast.flags', 'googlenet_fast.flags'} <= set(
+      _configs())
 
 
 @pytest.mark.parametrize('name', _configs())

@@ -1,4 +1,5 @@
-"""run_resnet.sh end to end (run_alexnet.sh is in test_report.py, which its page ends)."""
+"""run_resnet.sh and run_googlenet.sh end to end (run_alexnet.sh is in test_report.py, which
+its page ends)."""
 
 import json
 import os
@@ -35,3 +36,27 @@ def test_run_resnet_script_end_to_end_on_tiny_data(tmp_path, learnable_idx_dir):
   assert '| seed report | ResNet | report settings | 1 | 0.8677 |' in result.stdout
   assert os.path.exists(os.path.join(runs, 'report', 'report.md'))
   assert 'step ' not in result.stdout or 'examples/s' in result.stdout
+
+
+@pytest.mark.slow
+def test_run_googlenet_script_end_to_end_on_tiny_data(tmp_path, learnable_idx_dir):
+  runs = str(tmp_path / 'runs')
+  env = dict(ENV, DATA_DIR=learnable_idx_dir, RUNS_DIR=runs, PYTHON=sys.executable, EPOCHS='1')
+  result = subprocess.run(['bash', os.path.join(REPO, 'run_googlenet.sh'),
+                           '--width_multiplier=0.125', '--batch_size=50',
+                           '--batch_norm_batches=2', '--epochs_between_evals=20'],
+                          capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  rows = [[cell.strip() for cell in line.split('|')[1:-1]]
+          for line in result.stdout.splitlines() if line.startswith('| runs/googlenet/')]
+  assert [row[0] for row in rows] == ['runs/googlenet/googlenet_1ep',
+                                       'runs/googlenet/googlenet_fast']
+  assert [row[1] for row in rows] == ['GoogLeNet', 'GoogLeNet']
+  assert [row[-1] for row in rows] == ['ok', 'ok']
+  with open(os.path.join(runs, 'googlenet', 'googlenet_fast', 'flags.json')) as f:
+    fast = json.load(f)
+  with open(os.path.join(REPO, 'mnist_cnn', 'configs', 'googlenet_fast.flags')) as f:
+    epochs = [int(line.split('=')[1]) for line in f if line.startswith('--train_epochs=')]
+  assert fast['train_epochs'] == epochs[0] and fast['width_multiplier'] == 0.125
+  assert rows[1][3] == str(epochs[0])
+  assert os.path.exists(os.path.join(runs, 'report', 'report.md'))

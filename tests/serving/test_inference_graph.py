@@ -58,7 +58,7 @@ def test_exports_record_their_dtypes_and_test_accuracy(exports):
     assert abs(recorded['bf16'] - recorded['fp32']) <= 0.1
 
 
-@pytest.mark.parametrize('model', ['alexnet', 'resnet'])
+@pytest.mark.parametrize('model', ['alexnet', 'resnet', 'googlenet'])
 def test_the_frozen_graph_answers_as_the_export_does(exports, model):
   frozen = models.LoadedVersion(0, exports[model], serving_precision='fp32')
   loaded = models.LoadedVersion(0, exports[model], optimize=False, serving_precision='fp32')

@@ -25,7 +25,7 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
 _ONE_IMAGE = np.zeros((28, 28, 1)).tolist()
 
 
-@pytest.mark.parametrize('model', ['alexnet', 'resnet'])
+@pytest.mark.parametrize('model', ['alexnet', 'resnet', 'googlenet'])
 def test_rest_predictions_equal_in_process_ones(exports, tmp_path, model):
   base = tmp_path / 'models'
   base.mkdir()

@@ -1,0 +1,130 @@
+"""googlenet_main through the shared Estimator run loop: flags, records, auxiliary heads in the
+checkpoint but not the export, and an export loaded in a fresh process."""
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import flags
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mnist_cnn import googlenet_main
+from official.resnet import resnet_run_loop
+from official.utils.logs import run_record
+from tests import model_helpers
+from tests.conftest import parse_flags
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=REPO)
+SMALL = ['--width_multiplier=0.125', '--batch_size=50', '--warmup_epochs=0',
+         '--batch_norm_batches=2']
+
+
+def make_flags(argv=()):
+  return parse_flags(googlenet_main.define_googlenet_flags, argv, 'googlenet_main')
+
+
+def _run_main(tmp_path, data_dir, extra=(), name='model'):
+  argv = ['--data_dir=%s' % data_dir, '--model_dir=%s' % (tmp_path / name)] + SMALL
+  return googlenet_main.run_googlenet(make_flags(argv + list(extra)))
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--stem=alexnet'], 'value should be one of <mnist|cifar|imagenet>'),
+    (['--width_multiplier=0'], '--width_multiplier must be in'),
+    (['--aux_loss_weight=-0.3'], '--aux_loss_weight must be zero or more'),
+    (['--dropout_rate=1'], '--dropout_rate must be in'),
+    (['--aux_dropout_rate=-0.1'], '--aux_dropout_rate must be in'),
+    (['--normalization=group'], 'value should be one of <lrn|batch_norm>'),
+    (['--resnet_size=18'], 'Unknown command line flag'),
+])
+def test_bad_flags_fail_with_a_clear_message(argv, message):
+  error = flags.UnrecognizedFlagError if 'Unknown' in message else flags.IllegalFlagValueError
+  with pytest.raises(error, match=message.replace('|', r'\|')):
+    make_flags(argv)
+
+
+def test_defaults_are_the_paper_s_network_with_the_measured_recipe():
+  f = make_flags()
+  assert (f.stem, f.width_multiplier, f.aux_loss_weight, f.dropout_rate,
+          f.aux_dropout_rate) == ('mnist', 1.0, 0.3, 0.4, 0.7)
+  assert f.lr_schedule == 'cosine' and f.train_epochs <= 10
+
+
+@pytest.mark.slow
+def test_end_to_end_on_tiny_idx_data_with_export_loaded_in_a_fresh_process(
+    tmp_path, learnable_idx_dir):
+  export_dir = str(tmp_path / 'export')
+  results = _run_main(tmp_path, learnable_idx_dir, [
+      '--train_epochs=2', '--export_dir=%s' % export_dir, '--seed=3'])
+  assert results['global_step'] == 2 * 8  # 400 images / 50
+  model_dir = str(tmp_path / 'model')
+  assert [r['epoch'] for r in run_record.read_metrics(model_dir)] == [1, 2]
+  with open(os.path.join(model_dir, 'flags.json')) as f:
+    recorded = json.load(f)
+  assert recorded['model'] == 'googlenet' and recorded['stem'] == 'mnist'
+  assert recorded['width_multiplier'] == 0.125 and recorded['aux_loss_weight'] == 0.3
+  # The auxiliary heads train (they are in the checkpoint); the export leaves them out.
+  stored = [name for name, _ in tf.train.list_variables(tf.train.latest_checkpoint(model_dir))]
+  assert any(name.startswith('googlenet/AuxLogits_4d/') for name in stored)
+  images = np.random.RandomState(1).rand(4, 28, 28, 1).astype(np.float32)
+  exported, names = model_helpers.exported_probabilities(results['export_path'], images,
+                                                         tmp_path)
+  assert exported.shape == (4, 10)
+  assert names and not [name for name in names if 'Aux' in name]
+  f = make_flags(['--data_dir=%s' % learnable_idx_dir] + SMALL)
+  params = googlenet_main.model_params(f, _Raw(), _Plan())
+  estimator = tf.estimator.Estimator(resnet_run_loop.resnet_model_fn, model_dir=model_dir,
+                                     params=params)
+  predicted = np.array([p['probabilities'] for p in estimator.predict(
+      lambda: tf.data.Dataset.from_tensor_slices(images).batch(4))])
+  np.testing.assert_allclose(exported, predicted, atol=1e-5)
+
+
+class _Raw(object):
+  num_classes = 10
+  num_train = 400
+
+
+class _Plan(object):
+  graph_dtype = 'fp32'
+  onednn_bf16 = False
+
+
+def test_without_aux_loss_weight_no_auxiliary_heads_are_built(tmp_path, learnable_idx_dir):
+  results = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=1', '--aux_loss_weight=0',
+                                                    '--stem=imagenet'])
+  assert results['global_step'] == 8 and 0 <= results['accuracy'] <= 1
+  checkpoint = tf.train.latest_checkpoint(str(tmp_path / 'model'))
+  stored = [name for name, _ in tf.train.list_variables(checkpoint)]
+  assert not [name for name in stored if 'Aux' in name]
+  assert 'googlenet/Mixed_5b/Branch_2_5x5/kernel' in stored
+
+
+@pytest.mark.slow
+def test_resume_and_bf16_and_mirrored_strategy(tmp_path, learnable_idx_dir):
+  first = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=1', '--dtype=bf16'])
+  assert first['global_step'] == 8
+  second = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=2', '--dtype=bf16'])
+  assert second['global_step'] == 16
+  records = run_record.read_metrics(str(tmp_path / 'model'))
+  assert [r['epoch'] for r in records] == [1, 1, 2]
+  mirrored = _run_main(tmp_path, learnable_idx_dir, [
+      '--train_epochs=1', '--distribution_strategy=mirrored', '--num_gpus=0'], name='mirrored')
+  assert mirrored['global_step'] == 8
+
+
+def test_broken_data_file_exits_with_one_line(tmp_path, learnable_idx_dir):
+  with open(os.path.join(learnable_idx_dir, 't10k-labels-idx1-ubyte.gz'), 'wb') as f:
+    f.write(b'\x1f\x8b garbage')
+  result = subprocess.run(
+      [sys.executable, '-m', 'mnist_cnn.googlenet_main', '--data_dir=%s' % learnable_idx_dir,
+       '--model_dir=%s' % (tmp_path / 'm')], capture_output=True, text=True, timeout=120,
+      env=ENV, cwd=REPO)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'error: t10k-labels-idx1-ubyte.gz: corrupt gzip stream')
+  assert not os.path.exists(str(tmp_path / 'm' / 'flags.json'))
