@@ -47,8 +47,13 @@ from official.utils import precision
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 
-# The width of mnist_cnn/configs/googlenet_fast.flags.
-FAST_GOOGLENET_WIDTH = 0.25
+def fast_googlenet_width(path=os.path.join(REPO, 'mnist_cnn', 'configs',
+                                           'googlenet_fast.flags')):
+  """The --width_multiplier of the fast configuration's flag file (1.0 when it sets none)."""
+  with open(path) as f:
+    widths = [float(line.split('=', 1)[1]) for line in f
+              if line.startswith('--width_multiplier=')]
+  return widths[-1] if widths else 1.0
 
 
 def machine_description():
@@ -187,7 +192,7 @@ def main(argv=None):
            'ResNet-18': forward_flops(resnet_forward(num_filters))}
   # GoogLeNet row -> (width multiplier, dtype): the defaults, and the fast configuration's.
   googlenet_rows = {'fp32': (1.0, 'fp32'), 'bf16': (1.0, 'bf16'),
-                    'fast_bf16': (FAST_GOOGLENET_WIDTH, 'bf16')}
+                    'fast_bf16': (fast_googlenet_width(), 'bf16')}
   if smoke:
     googlenet_rows = {'fp32': (0.125, 'fp32'), 'fast_bf16': (0.125, 'bf16')}
   googlenet_variant = {name: 'mnist:%g:%s' % row for name, row in googlenet_rows.items()}
