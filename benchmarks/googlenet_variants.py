@@ -10,7 +10,6 @@ every variant alike. Prints median (min-max) examples/second, the implied minute
 """
 
 import statistics
-import time
 
 import os
 import sys
@@ -62,18 +61,7 @@ def measure(variants, batch_size=128, rounds=5, steps_per_window=5,
             normalization='batch_norm'):
   """{variant: [examples/s of each interleaved window]}."""
   sessions = {v: _train_session(v, batch_size, normalization) for v in variants}
-  rates = {v: [] for v in variants}
-  try:
-    for _ in range(rounds):
-      for variant, (session, train_op) in sessions.items():
-        started = time.perf_counter()
-        for _ in range(steps_per_window):
-          session.run(train_op)
-        rates[variant].append(steps_per_window * batch_size / (time.perf_counter() - started))
-  finally:
-    for session, _ in sessions.values():
-      session.close()
-  return rates
+  return resnet_stems.time_sessions(sessions, batch_size, rounds, steps_per_window)
 
 
 def main(_):

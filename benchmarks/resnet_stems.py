@@ -21,13 +21,15 @@ from official.resnet import resnet_run_loop
 EPOCH_IMAGES = 60000
 
 
-def train_session(build_model, batch_size, config=None, aux_loss_weight=0.0):
+def train_session(build_model, batch_size, config=None, aux_loss_weight=0.0,
+                  image_shape=(28, 28, 1)):
   """(warmed-up Session, train_op): resnet_model_fn in TRAIN mode on a fixed random batch of
-  28x28x1 images, the model from build_model(dtype). GoogLeNet's benchmark shares it."""
+  image_shape images, the model from build_model(dtype). GoogLeNet's and the CIFAR ResNets'
+  benchmarks share it."""
   graph = tf.Graph()
   with graph.as_default():
     rng = np.random.RandomState(0)
-    features = tf.constant(rng.rand(batch_size, 28, 28, 1).astype(np.float32))
+    features = tf.constant(rng.rand(batch_size, *image_shape).astype(np.float32))
     labels = tf.constant(rng.randint(0, 10, batch_size).astype(np.int32))
     params = {'model': build_model, 'num_classes': 10, 'weight_decay': 1e-4, 'momentum': 0.9,
               'dtype': 'fp32', 'aux_loss_weight': aux_loss_weight,
@@ -42,6 +44,23 @@ def train_session(build_model, batch_size, config=None, aux_loss_weight=0.0):
   return session, spec.train_op
 
 
+def time_sessions(sessions, batch_size, rounds, steps_per_window):
+  """{name: [examples/s of each window]} for {name: (Session, train_op)}, timed in interleaved
+  windows so that machine noise hits every variant alike; closes the sessions."""
+  rates = {name: [] for name in sessions}
+  try:
+    for _ in range(rounds):
+      for name, (session, train_op) in sessions.items():
+        started = time.perf_counter()
+        for _ in range(steps_per_window):
+          session.run(train_op)
+        rates[name].append(steps_per_window * batch_size / (time.perf_counter() - started))
+  finally:
+    for session, _ in sessions.values():
+      session.close()
+  return rates
+
+
 def _train_session(stem, resnet_size, batch_size):
   return train_session(
       lambda dtype: resnet_main.MnistModel(resnet_size, 10, stem=stem,
@@ -51,13 +70,7 @@ def _train_session(stem, resnet_size, batch_size):
 def main(_):
   f = flags.FLAGS
   sessions = {stem: _train_session(stem, f.resnet_size, f.batch_size) for stem in f.stems}
-  rates = {stem: [] for stem in f.stems}
-  for _ in range(f.rounds):
-    for stem, (session, train_op) in sessions.items():
-      started = time.perf_counter()
-      for _ in range(f.steps_per_window):
-        session.run(train_op)
-      rates[stem].append(f.steps_per_window * f.batch_size / (time.perf_counter() - started))
+  rates = time_sessions(sessions, f.batch_size, f.rounds, f.steps_per_window)
   print('| stem | examples/s median (min-max) | min/epoch (60k) |')
   print('|---|---:|---:|')
   for stem in f.stems:

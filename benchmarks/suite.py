@@ -9,6 +9,9 @@
    (benchmarks/resnet_pipeline.py), and GoogLeNet (mnist stem) at full width in fp32 and bf16
    and at the fast configuration's quarter width in bf16, training steps in a Session
    (benchmarks/googlenet_variants.py), each called through its measure() function.
+   Then the CIFAR-10 ResNets (ResNet-20 and ResNet-56 as cifar10_main builds them, on
+   synthetic 32x32x3 batches of 128, fp32 and bf16; benchmarks/cifar_resnet.py) with the
+   minutes a 50,000-image epoch would take at that speed.
 2. Achieved GFLOP/s = 3 x forward FLOPs per example (TensorFlow's profiler on the inference
    graph) x examples/s, against the fp32 matmul peak measured here (chained 2048x2048
    matmuls).
@@ -37,6 +40,7 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-posi
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from benchmarks import alexnet_feeding
+from benchmarks import cifar_resnet
 from benchmarks import googlenet_variants
 from benchmarks import resnet_pipeline
 from benchmarks import serving
@@ -171,6 +175,31 @@ def inference_figures(version_dir, calls, seconds):
   return tuple(figures)
 
 
+def print_cifar_table(smoke, rounds, peak, peak_bf16):
+  """The CIFAR-10 ResNets' training speed on synthetic 32x32x3 data (benchmarks/cifar_resnet.py)
+  and the epoch time it projects."""
+  sizes = (8,) if smoke else (20, 56)
+  variants = ['%d:%s' % (size, dtype) for size in sizes for dtype in ('fp32', 'bf16')]
+  rates = cifar_resnet.measure(variants, batch_size=8 if smoke else 128, rounds=rounds,
+                               steps_per_window=1 if smoke else 5)
+  gflops_per_image = {size: cifar_resnet.forward_gflops(size) for size in sizes}
+  print('CIFAR-10 ResNets, training on synthetic 32x32x3 batches (cifar10_main\'s model and '
+        'batch size; % of the peak in the variant\'s dtype):\n')
+  print('| model | dtype | examples/s median (min-max) | GFLOP/s | % of peak | '
+        'projected min/epoch (50,000 images) |')
+  print('|---|---|---:|---:|---:|---:|')
+  for variant in variants:
+    size, dtype = cifar_resnet.parse_variant(variant)
+    median, low, high = _figures({variant: rates[variant]})[variant]
+    gflops = 3 * gflops_per_image[size] * median
+    print('| ResNet-%d | %s | %.1f (%.1f-%.1f) | %.1f | %.0f%% | %.1f |' % (
+        size, dtype, median, low, high, gflops,
+        100 * gflops / (peak_bf16 if dtype == 'bf16' else peak),
+        cifar_resnet.EPOCH_IMAGES / median / 60))
+  print('\nForward GFLOPs per 32x32x3 image: %s.\n' % ', '.join(
+      'ResNet-%d %.4f' % item for item in gflops_per_image.items()))
+
+
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--data_dir', default=None, help='IDX files for ResNet\'s input pipeline')
@@ -231,6 +260,7 @@ def main(argv=None):
         100 * gflops / peak))
   print('\nForward FLOPs per example: %s. Matmul peak: fp32 %.0f GFLOP/s, bf16 %.0f GFLOP/s.\n'
         % (', '.join('%s %.3g' % (m, f) for m, f in flops.items()), peak, peak_bf16))
+  print_cifar_table(smoke, rounds, peak, peak_bf16)
 
   print('SavedModel inference (export of each model; the REST server serves the optimised path, '
         'benchmarks/serving.py compares them all):\n')

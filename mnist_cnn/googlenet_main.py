@@ -2,6 +2,8 @@
 
   python -m mnist_cnn.googlenet_main --data_dir=DIR --model_dir=DIR
 
+--dataset=cifar10 or tfds:<name> trains it on other data (mnist_cnn/datasets.py).
+
 The network is mnist_cnn/googlenet_model.py: the paper's nine inception modules and auxiliary
 heads, with a stem for 28x28 inputs. It trains through the same run loop, lifecycle, export
 and serving as ResNet (resnet_run_loop.resnet_model_fn adds the auxiliary heads' losses with
@@ -67,7 +69,8 @@ def define_googlenet_flags(flag_values=flags.FLAGS):
 
 
 def run_googlenet(flags_obj):
-  """Trains and evaluates GoogLeNet on MNIST (or synthetic data); returns the eval results."""
+  """Trains and evaluates GoogLeNet on --dataset (or synthetic data); returns the eval
+  results."""
   return estimator_main.run(flags_obj, 'googlenet', model_params)
 
 

@@ -152,7 +152,8 @@ def _find_file(data_dir, gz_name):
   return None
 
 
-def _md5(path):
+def file_md5(path):
+  """The md5 hex digest of a file, read in 1 MiB blocks (downloads are checked by it)."""
   digest = hashlib.md5()
   with open(path, 'rb') as f:
     for chunk in iter(lambda: f.read(1 << 20), b''):
@@ -166,9 +167,9 @@ def _download(url, dest, md5, timeout):
   try:
     with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(url, timeout=timeout) as response:
       shutil.copyfileobj(response, out)
-    if md5 and _md5(tmp) != md5:
+    if md5 and file_md5(tmp) != md5:
       raise IdxFormatError('%s: downloaded from %s but its md5 %s is not the expected %s' %
-                           (os.path.basename(dest), url, _md5(tmp), md5))
+                           (os.path.basename(dest), url, file_md5(tmp), md5))
     os.replace(tmp, dest)
   finally:
     if os.path.exists(tmp):
@@ -224,12 +225,14 @@ def maybe_download(data_dir, source_url=DEFAULT_SOURCE_URL, checksums=None, time
 
 class RawData(collections.namedtuple(
     'RawData', ['train_images', 'train_labels', 'test_images', 'test_labels', 'num_classes'])):
-  """The four arrays of a data dir (uint8 images [N, rows, cols], labels [N]) and what a model
-  needs to know of them: the image shape, the class count and the split sizes."""
+  """The four arrays of a dataset (uint8 images [N, rows, cols] as IDX files hold them, or
+  [N, rows, cols, channels] from the other sources; labels [N]) and what a model needs to know
+  of them: the image shape, the class count and the split sizes."""
 
   @property
   def image_shape(self):
-    return self.train_images.shape[1:] + (NUM_CHANNELS,)
+    shape = tuple(int(d) for d in self.train_images.shape[1:])
+    return shape if len(shape) == 3 else shape + (NUM_CHANNELS,)
 
   @property
   def num_train(self):
@@ -319,13 +322,15 @@ def _load_cached(data_dir, num_classes, source_url):
 
 
 def synthetic_raw_data(num_train=1024, num_test=256, seed=0, height=MNIST_HEIGHT,
-                       width=MNIST_WIDTH, num_classes=MNIST_NUM_CLASSES):
+                       width=MNIST_WIDTH, num_classes=MNIST_NUM_CLASSES, channels=None):
   """Random uint8 images with labels cycling over every class: the one synthetic source that
-  every model trains on with --use_synthetic_data (timing and smoke runs without data)."""
+  every model trains on with --use_synthetic_data (timing and smoke runs without data).
+  Images are [N, height, width] as IDX files hold them, or [N, height, width, channels]."""
   rng = np.random.RandomState(seed)
+  shape = (height, width) if channels is None else (height, width, channels)
 
   def make(count):
-    images = rng.randint(0, 256, size=(count, height, width)).astype(np.uint8)
+    images = rng.randint(0, 256, size=(count,) + shape).astype(np.uint8)
     return images, (np.arange(count) % num_classes).astype(np.uint8)
 
   return RawData(*make(num_train), *make(num_test), num_classes)
@@ -521,25 +526,36 @@ def _chunks(images, labels, chunk_size=2048):
   return generate
 
 
-def parse_record(record, is_training, dtype=tf.float32, shift_pixels=0):
-  """(uint8 image [rows, cols], label) -> (image [rows, cols, 1] in [0, 1] as dtype, int32).
-
-  With is_training and shift_pixels > 0 the image is shifted by up to that many pixels in each
-  direction (zero padding, random crop): a cheap augmentation that digits tolerate.
-  """
-  image, label = record
-  rows, cols = image.shape
-  image = tf.expand_dims(tf.cast(image, tf.float32) * (1.0 / 255.0), -1)
-  if is_training and shift_pixels:
+def augment(image, shift_pixels=0, flip=False):
+  """Training augmentation of one float image [rows, cols, channels]: a random shift of up to
+  shift_pixels in each direction (zero padding, then a random crop of the original size: the
+  CIFAR recipe's "pad 4, random crop" with 4) and, with flip, a random left-right mirror (right
+  for photographs, wrong for digits and letters)."""
+  rows, cols, channels = image.shape
+  if shift_pixels:
     image = tf.image.pad_to_bounding_box(image, shift_pixels, shift_pixels,
                                          rows + 2 * shift_pixels, cols + 2 * shift_pixels)
-    image = tf.image.random_crop(image, [rows, cols, NUM_CHANNELS])
+    image = tf.image.random_crop(image, [rows, cols, channels])
+  if flip:
+    image = tf.image.random_flip_left_right(image)
+  return image
+
+
+def parse_record(record, is_training, dtype=tf.float32, shift_pixels=0, flip=False):
+  """(uint8 image [rows, cols] or [rows, cols, channels], label) -> (image [rows, cols,
+  channels] in [0, 1] as dtype, int32), augmented in training (see `augment`)."""
+  image, label = record
+  image = tf.cast(image, tf.float32) * (1.0 / 255.0)
+  if image.shape.ndims == 2:
+    image = tf.expand_dims(image, -1)
+  if is_training:
+    image = augment(image, shift_pixels, flip)
   return tf.cast(image, dtype), tf.cast(label, tf.int32)
 
 
 def arrays_input_fn(images, labels, is_training, batch_size, num_epochs=1, dtype=tf.float32,
                     seed=None, shift_pixels=0, datasets_num_private_threads=None,
-                    drop_remainder=False):
+                    drop_remainder=False, flip=False):
   """Builds the tf.data pipeline over in-memory uint8 arrays.
 
   The arrays enter the graph through a generator (not as constants, which would be copied
@@ -547,17 +563,16 @@ def arrays_input_fn(images, labels, is_training, batch_size, num_epochs=1, dtype
   before repeat, parses and batches with `map_and_batch`, and prefetches.
 
   Returns:
-    tf.data.Dataset of (images [B, rows, cols, 1] dtype, labels [B] int32).
+    tf.data.Dataset of (images [B, rows, cols, channels] dtype, labels [B] int32).
   """
-  rows, cols = images.shape[1:]
   dataset = tf.data.Dataset.from_generator(
       _chunks(images, labels),
-      output_signature=(tf.TensorSpec([None, rows, cols], tf.uint8),
+      output_signature=(tf.TensorSpec((None,) + images.shape[1:], tf.uint8),
                         tf.TensorSpec([None], labels.dtype)))
   dataset = dataset.unbatch().cache()
   return record_pipeline.process_record_dataset(
       dataset, is_training, batch_size, shuffle_buffer=len(images),
-      parse_record_fn=functools.partial(parse_record, shift_pixels=shift_pixels),
+      parse_record_fn=functools.partial(parse_record, shift_pixels=shift_pixels, flip=flip),
       num_epochs=num_epochs, dtype=dtype,
       datasets_num_private_threads=datasets_num_private_threads,
       drop_remainder=drop_remainder, seed=seed)
@@ -576,14 +591,14 @@ def input_fn(is_training, data_dir, batch_size, num_epochs=1, dtype=tf.float32, 
 
 def raw_input_fn(raw, is_training, batch_size, num_epochs=1, dtype=tf.float32, seed=None,
                  validation_size=0, shift_pixels=0, datasets_num_private_threads=None,
-                 drop_remainder=False):
+                 drop_remainder=False, flip=False):
   """Estimator input function over RawData already in memory.
 
   Training reads the training arrays less their first `validation_size` examples; evaluation
   reads the test arrays, in order.
 
   Returns:
-    tf.data.Dataset of (images [B, rows, cols, 1] dtype, labels [B] int32).
+    tf.data.Dataset of (images [B, rows, cols, channels] dtype, labels [B] int32).
   """
   if is_training:
     split_sizes(raw.num_train, validation_size)
@@ -593,4 +608,4 @@ def raw_input_fn(raw, is_training, batch_size, num_epochs=1, dtype=tf.float32, s
   return arrays_input_fn(images, labels, is_training, batch_size, num_epochs, dtype=dtype,
                          seed=seed, shift_pixels=shift_pixels,
                          datasets_num_private_threads=datasets_num_private_threads,
-                         drop_remainder=drop_remainder)
+                         drop_remainder=drop_remainder, flip=flip)

@@ -5,10 +5,12 @@ leave behind.
 
 Every directory under a --runs_dir that holds a flags.json or a metrics.json is a run (AlexNet,
 ResNet and GoogLeNet alike; see official/utils/logs/run_record.py). The page
-(out_dir/report.md) has one table row per run, the seed report's own figures beside them, and
-three PNG plots: training loss per epoch, test accuracy per epoch and test accuracy against
-training time. The table is also printed. Runs that failed, were interrupted or are unfinished are marked, not dropped; a run
-whose files cannot be read is marked with the file and the defect.
+(out_dir/report.md) has a section per dataset (MNIST first; runs recorded before --dataset
+existed are MNIST's), each with one table row per run and three PNG plots: training loss per
+epoch, test accuracy per epoch and test accuracy against training time. The MNIST table has the
+seed report's own figures beside the runs. The tables are also printed. Runs that failed, were
+interrupted or are unfinished are marked, not dropped; a run whose files cannot be read is
+marked with the file and the defect.
 """
 
 import collections
@@ -58,8 +60,13 @@ KEY_FLAGS = {
 }
 NEUTRAL_VALUES = ('fp32', 0)
 
-# Where the zoomed accuracy panels start: the interesting runs differ in the last percent.
+# Where MNIST's zoomed accuracy panels start: the interesting runs differ in the last percent.
+# Other datasets' panels start ZOOM_BELOW_BEST under their best run.
 ZOOM_ACCURACY = 0.98
+ZOOM_BELOW_BEST = 0.05
+SEED_DATASET = 'MNIST'
+# --dataset values -> the names runs are grouped under.
+DATASET_NAMES = {'mnist': 'MNIST', 'cifar10': 'CIFAR-10'}
 
 MODEL_TITLES = {'alexnet': 'AlexNet', 'resnet': 'ResNet', 'googlenet': 'GoogLeNet'}
 # Table rows and plot lines: the networks in the assignment's order, then anything else.
@@ -78,6 +85,15 @@ class Run(object):
     self.num_parameters = None
     self.examples_per_second = None
     self.status = 'ok'
+
+  @property
+  def dataset(self):
+    """The run's data: the name the run recorded, else its --dataset, else MNIST (runs made
+    before --dataset existed)."""
+    if self.flags.get('dataset_name'):
+      return str(self.flags['dataset_name'])
+    value = self.flags.get('dataset') or 'mnist'
+    return DATASET_NAMES.get(value, str(value))
 
   @property
   def last_accuracy_point(self):
@@ -251,21 +267,32 @@ def load_run(run_dir, root, use_tf_fallbacks=True):
 
 
 def load_runs(roots, use_tf_fallbacks=True):
-  """Every run under the given directories, by network (MODEL_ORDER), in name order."""
+  """Every run under the given directories, by dataset (MNIST first), network (MODEL_ORDER),
+  then name."""
   runs = []
   for root in roots:
     runs.extend(load_run(d, root, use_tf_fallbacks) for d in find_run_dirs(root))
   def order(run):
     return MODEL_ORDER.index(run.model) if run.model in MODEL_ORDER else len(MODEL_ORDER)
-  return sorted(runs, key=lambda r: (order(r), r.model, r.name))
+  return sorted(runs, key=lambda r: (r.dataset != SEED_DATASET, r.dataset, order(r), r.model,
+                                     r.name))
+
+
+def by_dataset(runs):
+  """[(dataset, its runs)] in the order load_runs sorted them."""
+  groups = collections.OrderedDict()
+  for run in runs:
+    groups.setdefault(run.dataset, []).append(run)
+  return list(groups.items())
 
 
 def _cell(value, fmt):
   return '-' if value is None else fmt % value
 
 
-def format_table(runs):
-  """A markdown table: one row per run, then the seed report's figures for contrast."""
+def format_table(runs, seed_report=True):
+  """A markdown table: one row per run, then (with seed_report) the seed report's figures for
+  contrast."""
   lines = ['| run | model | key flags | epochs | test accuracy | final train loss | s/epoch | '
            'examples/s | parameters | status |',
            '|---|---|---|---:|---:|---:|---:|---:|---:|---|']
@@ -278,7 +305,7 @@ def format_table(runs):
         _cell(run.examples_per_second, '%.0f'),
         '-' if run.num_parameters is None else '{:,}'.format(run.num_parameters),
         run.status.replace('|', '/')))
-  for model, epochs, accuracy, how in SEED_REPORT:
+  for model, epochs, accuracy, how in SEED_REPORT if seed_report else ():
     lines.append('| seed report | %s | report settings | %d | %.4f | - | - | - | - | %s |' % (
         MODEL_TITLES[model], epochs, accuracy, how))
   return '\n'.join(lines)
@@ -296,8 +323,23 @@ def _save_figure(figure, path):
     raise
 
 
-def write_plots(runs, out_dir):
-  """Writes the three PNG plots; returns {kind: path}."""
+def plot_prefix(dataset):
+  """File-name prefix of a dataset's plots: none for MNIST (the names README links to)."""
+  if dataset == SEED_DATASET:
+    return ''
+  return ''.join(c if c.isalnum() else '-' for c in dataset.lower()) + '_'
+
+
+def _zoom_from(dataset, runs):
+  if dataset == SEED_DATASET:
+    return ZOOM_ACCURACY
+  best = max([p['accuracy'] for r in runs for p in r.points if p.get('accuracy') is not None],
+             default=1.0)
+  return max(0.0, int((best - ZOOM_BELOW_BEST) * 100) / 100.0)
+
+
+def write_plots(runs, out_dir, dataset=SEED_DATASET):
+  """Writes the three PNG plots of one dataset's runs; returns {kind: path}."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')  # headless
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -305,6 +347,7 @@ def write_plots(runs, out_dir):
   plotted = [r for r in runs if r.points]
   styles = {'alexnet': '--', 'resnet': '-', 'googlenet': '-.'}
   seed_markers = {'alexnet': 'x', 'resnet': '+'}
+  zoom = _zoom_from(dataset, plotted)
   paths = {}
   specs = {
       'loss': ('Training loss per epoch', 'epoch', 'mean training cross-entropy (log)',
@@ -316,6 +359,7 @@ def write_plots(runs, out_dir):
   }
   for kind, filename in PLOT_FILES.items():
     title, xlabel, ylabel, x_of, y_of = specs[kind]
+    title = '%s, %s' % (title, dataset)
     zoomed = kind != 'loss'  # accuracy plots get a second panel on the top few percent
     figure, panels = plt.subplots(1, 2 if zoomed else 1, figsize=(13 if zoomed else 8, 5),
                                   squeeze=False)
@@ -326,7 +370,7 @@ def write_plots(runs, out_dir):
           label = '%s (%s)' % (run.name, run.status) if run.status != 'ok' else run.name
           axes.plot([x_of(p) for p in points], [y_of(p) for p in points],
                     styles.get(run.model, ':'), marker='o', markersize=3, label=label)
-      if kind == 'accuracy':
+      if kind == 'accuracy' and dataset == SEED_DATASET:
         for model in ('alexnet', 'resnet'):
           figures = [(e, a) for m, e, a, _ in SEED_REPORT if m == model]
           axes.plot([e for e, _ in figures], [a for _, a in figures], linestyle='none',
@@ -339,29 +383,31 @@ def write_plots(runs, out_dir):
       axes.grid(True, alpha=0.3)
     panels[0][0].set_title(title)
     if zoomed:
-      panels[0][1].set_ylim(ZOOM_ACCURACY, 1.0)
-      panels[0][1].set_title('%s, from %.0f%%' % (title, ZOOM_ACCURACY * 100))
+      panels[0][1].set_ylim(zoom, 1.0)
+      panels[0][1].set_title('%s, from %.0f%%' % (title, zoom * 100))
     if panels[0][-1].get_legend_handles_labels()[0]:
       panels[0][-1].legend(fontsize=8, loc='lower right')
-    paths[kind] = os.path.join(out_dir, filename)
+    paths[kind] = os.path.join(out_dir, plot_prefix(dataset) + filename)
     _save_figure(figure, paths[kind])
     plt.close(figure)
   return paths
 
 
 def write_report(runs, out_dir):
-  """Writes out_dir/report.md and the plots; returns the report's path."""
+  """Writes out_dir/report.md and each dataset's plots; returns the report's path."""
   os.makedirs(out_dir, exist_ok=True)
-  paths = write_plots(runs, out_dir)
-  lines = ['# AlexNet, ResNet and GoogLeNet on MNIST', '',
-           'Generated by `python -m mnist_cnn.report` from %d run(s). Accuracy is the last '
-           'evaluation on the test set; the loss is the mean training cross-entropy of the last '
-           'epoch; s/epoch and examples/s are training time only.' % len(runs), '',
-           format_table(runs), '']
+  lines = ['# AlexNet, ResNet and GoogLeNet', '',
+           'Generated by `python -m mnist_cnn.report` from %d run(s), one section per dataset. '
+           'Accuracy is the last evaluation on the test set; the loss is the mean training '
+           'cross-entropy of the last epoch; s/epoch and examples/s are training time only.' %
+           len(runs), '']
   captions = {'loss': 'Training loss per epoch', 'accuracy': 'Test accuracy per epoch',
               'time': 'Test accuracy against training time'}
-  for kind, path in paths.items():
-    lines += ['![%s](%s)' % (captions[kind], os.path.basename(path)), '']
+  for dataset, group in by_dataset(runs):
+    paths = write_plots(group, out_dir, dataset)
+    lines += ['## %s' % dataset, '', format_table(group, dataset == SEED_DATASET), '']
+    for kind, path in paths.items():
+      lines += ['![%s, %s](%s)' % (captions[kind], dataset, os.path.basename(path)), '']
   report_path = os.path.join(out_dir, REPORT_FILE)
   run_record.write_text_atomic(report_path, '\n'.join(lines))
   return report_path
@@ -390,7 +436,8 @@ def run_report(flags_obj):
     if run.status.startswith('unreadable'):
       print('warning: %s' % run.status, file=sys.stderr)
   report_path = write_report(runs, flags_obj.out_dir)
-  print(format_table(runs))
+  for dataset, group in by_dataset(runs):
+    print('%s\n\n%s\n' % (dataset, format_table(group, dataset == SEED_DATASET)))
   print('\nWrote %s and its plots.' % report_path)
   return runs
 

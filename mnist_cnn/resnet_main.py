@@ -2,6 +2,9 @@
 
   python -m mnist_cnn.resnet_main --resnet_size=18 --data_dir=DIR --model_dir=DIR
 
+--dataset=cifar10 or tfds:<name> trains the same network on other data (mnist_cnn/datasets.py);
+official/resnet/cifar10_main.py has the CIFAR-10 family of the paper and the Model Garden.
+
 The network is the ImageNet-family ResNet (official/resnet/resnet_model.py) with a stem for
 28x28x1 digits. Stems, measured here (ResNet-18, batch 128, 2-core CPU, the old defaults' step
 schedule; README has the tables):
@@ -82,7 +85,7 @@ def define_mnist_flags(flag_values=flags.FLAGS):
 
 
 def run_resnet(flags_obj):
-  """Trains and evaluates ResNet on MNIST (or synthetic data); returns the eval results."""
+  """Trains and evaluates ResNet on --dataset (or synthetic data); returns the eval results."""
   return estimator_main.run(flags_obj, 'resnet', model_params)
 
 

@@ -56,6 +56,40 @@ def write_idx_dir(directory, num_train=60, num_test=20, num_classes=10, height=2
   return train_images, train_labels, test_images, test_labels
 
 
+def cifar10_records(images, labels):
+  """CIFAR-10 binary records of uint8 images [N, 32, 32, 3] and labels [N]: the label byte,
+  then the red, green and blue planes."""
+  planes = np.asarray(images, dtype=np.uint8).transpose(0, 3, 1, 2).reshape(len(images), -1)
+  labels = np.asarray(labels, dtype=np.uint8).reshape(-1, 1)
+  return np.concatenate([labels, planes], axis=1).tobytes()
+
+
+def write_cifar10_dir(directory, per_file=8, num_test=20, seed=0):
+  """Writes the six CIFAR-10 binary files of a tiny dataset (5 x per_file training records)
+  into directory; returns (train images, train labels, test images, test labels). Each class
+  has its own bright row band, so a few steps can learn it."""
+  rng = np.random.RandomState(seed)
+  os.makedirs(directory, exist_ok=True)
+
+  def make(count):
+    labels = (np.arange(count) % 10).astype(np.uint8)
+    rng.shuffle(labels)
+    images = rng.randint(0, 60, size=(count, 32, 32, 3)).astype(np.uint8)
+    for i, label in enumerate(labels):
+      images[i, 3 * label:3 * label + 3, :, label % 3] = 255
+    return images, labels
+
+  train = make(5 * per_file)
+  test = make(num_test)
+  for index in range(5):
+    part = slice(index * per_file, (index + 1) * per_file)
+    with open(os.path.join(directory, 'data_batch_%d.bin' % (index + 1)), 'wb') as f:
+      f.write(cifar10_records(train[0][part], train[1][part]))
+  with open(os.path.join(directory, 'test_batch.bin'), 'wb') as f:
+    f.write(cifar10_records(*test))
+  return train + test
+
+
 def parse_flags(define, argv=(), program='main'):
   """Defines a main's flags on a fresh FlagValues (no global state) and parses argv."""
   from absl import flags  # pylint: disable=g-import-not-at-top
@@ -78,6 +112,14 @@ def learnable_idx_dir(tmp_path):
   """A tiny dataset whose classes a few training steps can tell apart."""
   directory = str(tmp_path / 'learnable')
   write_idx_dir(directory, num_train=400, num_test=100, learnable=True)
+  return directory
+
+
+@pytest.fixture
+def cifar10_dir(tmp_path):
+  """A directory holding a tiny CIFAR-10 binary dataset (40 train, 20 test)."""
+  directory = str(tmp_path / 'cifar-10-batches-bin')
+  write_cifar10_dir(directory)
   return directory
 
 

@@ -46,3 +46,27 @@ def exported_probabilities(export_path, images, work_dir):
                                                 PYTHONPATH=repo))
   assert result.returncode == 0, result.stderr[-2000:]
   return np.load(probs_path), result.stdout.split()
+
+
+def estimator_probabilities(model_dir, params, images):
+  """Estimator.predict's probabilities for images, from model_dir's latest checkpoint: what an
+  export must answer."""
+  from official.resnet import resnet_run_loop  # pylint: disable=g-import-not-at-top
+  estimator = tf.estimator.Estimator(resnet_run_loop.resnet_model_fn, model_dir=model_dir,
+                                     params=params)
+  return np.array([p['probabilities'] for p in estimator.predict(
+      lambda: tf.data.Dataset.from_tensor_slices(images).batch(len(images)))])
+
+
+class FakeRaw(object):
+  """What model_params reads of input_data.RawData, without arrays."""
+
+  def __init__(self, num_classes=10, num_train=400):
+    self.num_classes = num_classes
+    self.num_train = num_train
+
+
+class FP32_PLAN(object):  # pylint: disable=invalid-name
+  """What model_params reads of a precision plan: fp32, no bf16 rewrite."""
+  graph_dtype = 'fp32'
+  onednn_bf16 = False

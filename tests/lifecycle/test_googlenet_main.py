@@ -12,7 +12,6 @@ import pytest
 import tensorflow as tf
 
 from mnist_cnn import googlenet_main
-from official.resnet import resnet_run_loop
 from official.utils.logs import run_record
 from tests import model_helpers
 from tests.conftest import parse_flags
@@ -77,22 +76,10 @@ def test_end_to_end_on_tiny_idx_data_with_export_loaded_in_a_fresh_process(
   assert exported.shape == (4, 10)
   assert names and not [name for name in names if 'Aux' in name]
   f = make_flags(['--data_dir=%s' % learnable_idx_dir] + SMALL)
-  params = googlenet_main.model_params(f, _Raw(), _Plan())
-  estimator = tf.estimator.Estimator(resnet_run_loop.resnet_model_fn, model_dir=model_dir,
-                                     params=params)
-  predicted = np.array([p['probabilities'] for p in estimator.predict(
-      lambda: tf.data.Dataset.from_tensor_slices(images).batch(4))])
+  params = googlenet_main.model_params(f, model_helpers.FakeRaw(),
+                                          model_helpers.FP32_PLAN)
+  predicted = model_helpers.estimator_probabilities(model_dir, params, images)
   np.testing.assert_allclose(exported, predicted, atol=1e-5)
-
-
-class _Raw(object):
-  num_classes = 10
-  num_train = 400
-
-
-class _Plan(object):
-  graph_dtype = 'fp32'
-  onednn_bf16 = False
 
 
 def test_without_aux_loss_weight_no_auxiliary_heads_are_built(tmp_path, learnable_idx_dir):

@@ -11,7 +11,6 @@ import pytest
 import tensorflow as tf
 
 from mnist_cnn import resnet_main
-from official.resnet import resnet_run_loop
 from official.utils import session_config
 from official.utils.logs import run_record
 from tests import model_helpers
@@ -81,12 +80,9 @@ def test_end_to_end_on_tiny_idx_data_with_export_loaded_in_a_fresh_process(
   assert exported.shape == (4, 10)
 
   # The Estimator's own predictions from the checkpoint agree with the export.
-  estimator = tf.estimator.Estimator(
-      resnet_run_loop.resnet_model_fn, model_dir=model_dir,
-      params=model_helpers.resnet_params(model=lambda dtype: resnet_main.MnistModel(
-          18, 10, num_filters=4, data_format='channels_last', dtype=dtype)))
-  predicted = np.array([p['probabilities'] for p in estimator.predict(
-      lambda: tf.data.Dataset.from_tensor_slices(images).batch(4))])
+  predicted = model_helpers.estimator_probabilities(
+      model_dir, model_helpers.resnet_params(model=lambda dtype: resnet_main.MnistModel(
+          18, 10, num_filters=4, data_format='channels_last', dtype=dtype)), images)
   np.testing.assert_allclose(exported, predicted, atol=1e-5)
 
 

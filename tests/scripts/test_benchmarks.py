@@ -167,6 +167,11 @@ def test_suite_runs_in_smoke_mode():
   assert peak and int(peak.group(1)) > 0
   flops = re.search(r'Forward FLOPs per example: AlexNet ([\d.e+]+), ResNet-18 ([\d.e+]+)', out)
   assert flops and float(flops.group(1)) > 1e6
+  cifar = re.findall(r'^\| ResNet-8 \| (fp32|bf16) \| ([\d.]+) \([^|]+\| ([\d.]+) \| \d+% \| '
+                     r'([\d.]+) \|$', out, re.M)
+  assert [row[0] for row in cifar] == ['fp32', 'bf16']
+  for _, rate, gflops, minutes in cifar:  # the projection is the epoch at the measured speed
+    assert float(gflops) > 0 and abs(float(minutes) - 50000 / float(rate) / 60) < 0.1
   inference = re.findall(
       r'^\| (AlexNet|ResNet-18|GoogLeNet) \| ([\d.]+) / ([\d.]+) \| (\d+) \|', out, re.M)
   assert [row[0] for row in inference] == ['AlexNet', 'ResNet-18', 'GoogLeNet']

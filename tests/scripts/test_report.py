@@ -261,3 +261,36 @@ def test_alexnet_script_ends_with_the_comparison_page(tmp_path, learnable_idx_di
   assert all(rows[name][0][-1] == 'ok' for name in rows if name != 'seed report')
   assert os.path.exists(str(runs / 'report' / report.REPORT_FILE))
   assert '第 0 轮的熵损失' in result.stdout and '命中率' in result.stdout  # the report's words
+
+
+def test_runs_are_grouped_by_dataset_with_the_seed_report_only_beside_mnist(tmp_path):
+  root = str(tmp_path / 'runs')
+  epochs = _alexnet_epochs([0.5, 0.62]) + [{'event': 'finished'}]
+  _write_run(os.path.join(root, 'c10'), {'model': 'resnet', 'train_epochs': 2, 'resnet_size': 20,
+                                         'dataset': 'cifar10', 'dataset_name': 'CIFAR-10'},
+             epochs)
+  _write_run(os.path.join(root, 'fashion'), {'model': 'alexnet', 'train_epochs': 2,
+                                             'dataset': 'tfds:fashion_mnist',
+                                             'dataset_name': 'tfds:fashion_mnist'}, epochs)
+  _write_run(os.path.join(root, 'old'), {'model': 'alexnet', 'train_epochs': 2}, epochs)
+  _write_run(os.path.join(root, 'named'), {'model': 'resnet', 'train_epochs': 2,
+                                           'dataset': 'MNIST'}, epochs)
+  runs = report.load_runs([root], use_tf_fallbacks=False)
+  groups = [(dataset, [r.name.split('/')[-1] for r in group])
+            for dataset, group in report.by_dataset(runs)]
+  # Runs recorded before --dataset existed are MNIST's, and MNIST comes first.
+  assert groups == [('MNIST', ['old', 'named']), ('CIFAR-10', ['c10']),
+                    ('tfds:fashion_mnist', ['fashion'])]
+  out_dir = str(tmp_path / 'out')
+  with open(report.write_report(runs, out_dir)) as f:
+    page = f.read()
+  sections = page.split('\n## ')[1:]
+  assert [s.splitlines()[0] for s in sections] == ['MNIST', 'CIFAR-10', 'tfds:fashion_mnist']
+  assert 'seed report' in sections[0]
+  assert 'seed report' not in sections[1] and 'seed report' not in sections[2]
+  assert '| runs/c10 | ResNet | ResNet-20 | 2 | 0.6200 |' in sections[1]
+  for prefix in ('', 'cifar-10_', 'tfds-fashion-mnist_'):
+    for filename in report.PLOT_FILES.values():
+      with open(os.path.join(out_dir, prefix + filename), 'rb') as f:
+        assert f.read(8) == PNG_MAGIC
+      assert '](%s%s)' % (prefix, filename) in page

@@ -33,6 +33,11 @@ def _not_a_file(name, flag_values):
       flag_values=flag_values)
 
 
+# The --dataset values (mnist_cnn/datasets.py reads them; the flags layer sits below it).
+DATASETS = ('mnist', 'cifar10')
+TFDS_PREFIX = 'tfds:'
+
+
 def define_base_flags(flag_values=flags.FLAGS):
   """Defines the shared flags: data, run length, checkpoints, export, seeds, threads.
 
@@ -40,9 +45,15 @@ def define_base_flags(flag_values=flags.FLAGS):
     flag_values: where to define them (tests pass a fresh absl FlagValues).
   """
   fv = {'flag_values': flag_values}
+  flags.DEFINE_string('dataset', 'mnist',
+                      'What to train on: mnist (the four IDX files of --data_dir: MNIST or any '
+                      'dataset in that format), cifar10 (the CIFAR-10 binary version) or '
+                      'tfds:<name> (an image-classification dataset of tensorflow-datasets, '
+                      'with --data_dir as its data directory).', **fv)
   flags.DEFINE_string('data_dir', '/tmp/mnist_data',
-                      'Directory of the four IDX files (gzip or plain). Missing files are '
-                      'downloaded there when online.', **fv)
+                      'Directory of the data: the four IDX files (gzip or plain), the CIFAR-10 '
+                      '.bin files (or the directory above cifar-10-batches-bin), or the TFDS '
+                      'data directory. Missing data is downloaded there when online.', **fv)
   flags.DEFINE_string('model_dir', '/tmp/mnist_model',
                       'Directory for checkpoints, summaries, flags.json and metrics.json. A '
                       'rerun with the same directory resumes from its latest checkpoint.', **fv)
@@ -74,6 +85,10 @@ def define_base_flags(flag_values=flags.FLAGS):
                        'Threads inside one op (0: TensorFlow chooses).', **fv)
 
   _not_a_file('data_dir', flag_values)
+  flags.register_validator(
+      'dataset', lambda v: v in DATASETS or (v.startswith(TFDS_PREFIX) and
+                                             len(v) > len(TFDS_PREFIX)),
+      message='--dataset must be mnist, cifar10 or tfds:<name>', **fv)
   _not_a_file('model_dir', flag_values)
   _not_a_file('export_dir', flag_values)
   _positive('train_epochs', flag_values)
