@@ -20,7 +20,6 @@ from mnist_cnn import tfds_data
 
 MNIST = 'mnist'
 CIFAR10 = 'cifar10'
-NAMES = (MNIST, CIFAR10)
 TFDS_PREFIX = tfds_data.PREFIX
 
 # What a bad --data_dir or --dataset can raise; the mains turn these into one line and a
@@ -36,11 +35,11 @@ Augmentation = collections.namedtuple('Augmentation', ['shift_pixels', 'flip'])
 DIGITS = Augmentation(2, False)
 PHOTOS = Augmentation(4, True)
 AUGMENTATION = {MNIST: DIGITS, CIFAR10: PHOTOS}
-# tensorflow-datasets names whose images are photographs; every other tfds: dataset gets the
-# digits' augmentation (shifts only), which no kind of image is hurt by.
-TFDS_PHOTOS = ('cifar10', 'cifar100', 'cifar10_1', 'cifar10_corrupted', 'svhn_cropped',
-               'stl10', 'imagenet_resized', 'imagenette', 'food101', 'oxford_flowers102',
-               'horses_or_humans', 'rock_paper_scissors', 'cats_vs_dogs')
+# tensorflow-datasets sets of fixed-size photographs of objects, which a mirror leaves what they
+# were; every other tfds: dataset (digits, letters, house numbers, unknown kinds) gets the
+# digits' augmentation: shifts only.
+TFDS_PHOTOS = ('cifar10', 'cifar100', 'cifar10_1', 'cifar10_corrupted', 'stl10',
+               'imagenet_resized', 'horses_or_humans', 'rock_paper_scissors')
 
 
 def tfds_name(dataset):
