@@ -1,6 +1,8 @@
 """Shared test helpers: small IDX files written by the tests themselves (no downloads)."""
 
+import fcntl
 import gzip
+import json
 import os
 import struct
 
@@ -126,11 +128,27 @@ def cifar10_dir(tmp_path):
 @pytest.fixture(scope='session')
 def exports(tmp_path_factory):
   """{'alexnet': version dir, 'alexnet_2': another AlexNet version dir, 'resnet': ...,
-  'googlenet': ...}."""
+  'googlenet': ...}, built once per test session: the first pytest-xdist worker to ask builds
+  them under a lock, the other reads what it wrote (tests only read and copy them)."""
+  base = tmp_path_factory.getbasetemp()
+  if os.environ.get('PYTEST_XDIST_WORKER'):
+    base = base.parent  # the session's directory, above every worker's own
+  root = base / 'shared_exports'
+  root.mkdir(exist_ok=True)
+  index = root / 'exports.json'
+  with open(str(root / '.lock'), 'w') as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not index.exists():
+      found = _build_exports(root)
+      index.with_suffix('.tmp').write_text(json.dumps(found))
+      os.replace(str(index.with_suffix('.tmp')), str(index))
+    return json.loads(index.read_text())
+
+
+def _build_exports(root):
   from mnist_cnn import alexnet_main  # pylint: disable=g-import-not-at-top
   from mnist_cnn import googlenet_main  # pylint: disable=g-import-not-at-top
   from mnist_cnn import resnet_main  # pylint: disable=g-import-not-at-top
-  root = tmp_path_factory.mktemp('serve')
   data_dir = str(root / 'data')
   write_idx_dir(data_dir, num_train=200, num_test=50, learnable=True)
   found = {}
