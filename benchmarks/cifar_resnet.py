@@ -68,12 +68,14 @@ def main(_):
   print('| variant (size:dtype) | forward GFLOPs/image | examples/s median (min-max) | '
         'min/epoch (50k) |')
   print('|---|---:|---:|---:|')
+  sizes = {parse_variant(variant)[0] for variant in f.variants}
+  gflops = {size: forward_gflops(size) for size in sizes}  # one count per size, not per dtype
   for variant in f.variants:
+    size, dtype = parse_variant(variant)
     median = statistics.median(rates[variant])
     print('| ResNet-%d %s | %.4f | %.1f (%.1f-%.1f) | %.1f |' % (
-        parse_variant(variant) + (forward_gflops(parse_variant(variant)[0]), median,
-                                  min(rates[variant]), max(rates[variant]),
-                                  EPOCH_IMAGES / median / 60)))
+        size, dtype, gflops[size], median, min(rates[variant]), max(rates[variant]),
+        EPOCH_IMAGES / median / 60))
 
 
 def _define_flags():

@@ -19,7 +19,6 @@ import shutil
 import tarfile
 import tempfile
 import urllib.error
-import urllib.request
 
 import numpy as np
 import tensorflow as tf
@@ -99,18 +98,12 @@ def download(data_dir, source_url=DEFAULT_SOURCE_URL, md5=ARCHIVE_MD5, timeout=2
   """Downloads the archive into data_dir, checks its md5 and unpacks it atomically."""
   name = os.path.basename(source_url)
   os.makedirs(data_dir, exist_ok=True)
-  fd, archive_path = tempfile.mkstemp(dir=data_dir, prefix='.download-')
+  archive_path = os.path.join(data_dir, name)
+  input_data.download_file(source_url, archive_path, md5, timeout, error=RecordFormatError)
   try:
-    with os.fdopen(fd, 'wb') as out, urllib.request.urlopen(source_url,
-                                                            timeout=timeout) as response:
-      shutil.copyfileobj(response, out)
-    if md5 and input_data.file_md5(archive_path) != md5:
-      raise RecordFormatError('%s: downloaded from %s but its md5 %s is not the expected %s' %
-                              (name, source_url, input_data.file_md5(archive_path), md5))
-    try:
-      _unpack(archive_path, data_dir, name)
-    except (tarfile.TarError, EOFError, OSError) as e:
-      raise RecordFormatError('%s: cannot unpack (%s)' % (name, e)) from None
+    _unpack(archive_path, data_dir, name)
+  except (tarfile.TarError, EOFError, OSError) as e:
+    raise RecordFormatError('%s: cannot unpack (%s)' % (name, e)) from None
   finally:
     os.remove(archive_path)
 

@@ -32,6 +32,12 @@ class TfdsDatasetError(ValueError):
   """A tfds: dataset that cannot be trained on here; the message names it."""
 
 
+def _first_line(error):
+  """An exception's message as one line (TFDS's span several), or its type's name."""
+  text = str(error).strip()
+  return text.splitlines()[0] if text else type(error).__name__
+
+
 def _tfds():
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   return tfds
@@ -42,9 +48,8 @@ def _builder(name, data_dir):
   try:
     return tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # DatasetNotFoundError, bad config names, registry errors
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise TfdsDatasetError('%s%s: not a dataset of tensorflow-datasets %s (%s)' %
-                           (PREFIX, name, tfds.__version__, first_line)) from None
+                           (PREFIX, name, tfds.__version__, _first_line(e))) from None
 
 
 def describe(name, builder):
@@ -87,11 +92,10 @@ def _prepare(name, builder, data_dir):
       raise OSError('no connection to %s:%d' % PROBE_HOST)
     builder.download_and_prepare()
   except Exception as e:  # offline: download errors of every kind the backends raise
-    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise TfdsDatasetError(
         '%s%s: not prepared in %s and could not be downloaded (%s). Fix: prepare it there '
         'on a machine online (tfds build %s --data_dir=%s) and copy the directory over.' %
-        (PREFIX, name, data_dir, first_line[:200], name, data_dir)) from None
+        (PREFIX, name, data_dir, _first_line(e)[:200], name, data_dir)) from None
 
 
 def splits(builder):

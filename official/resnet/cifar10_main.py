@@ -36,9 +36,14 @@ BATCH_DENOM = 128
 DEFAULT_SIZE = 56
 
 
+def is_6n_plus_2(resnet_size):
+  """Whether resnet_size is a size of the family (6n+2, n >= 1)."""
+  return resnet_size >= 8 and resnet_size % 6 == 2
+
+
 def blocks_per_stage(resnet_size):
   """n of a 6n+2 size; ValueError for any other size."""
-  if resnet_size < 8 or resnet_size % 6 != 2:
+  if not is_6n_plus_2(resnet_size):
     raise ValueError('resnet_size must be 6n+2 with n >= 1 (20, 32, 44, 56, 110...), got %r' %
                      (resnet_size,))
   return (resnet_size - 2) // 6
@@ -73,14 +78,12 @@ class Cifar10Model(resnet_model.Model):
 def define_cifar_flags(flag_values=flags.FLAGS):
   """The Estimator run-loop flags, --resnet_size/--resnet_version, and the Model Garden's
   CIFAR-10 defaults."""
-  resnet_flags.define_estimator_flags(flag_values)
-  estimator_main.define_augmentation_flags(flag_values)
+  estimator_main.define_flags(flag_values)
+  resnet_flags.define_version_flag(flag_values)
   fv = {'flag_values': flag_values}
   flags.DEFINE_integer('resnet_size', DEFAULT_SIZE,
                        'Layers: 6n+2 (20, 32, 44, 56, 110).', **fv)
-  flags.DEFINE_enum('resnet_version', str(resnet_model.DEFAULT_VERSION), ['1', '2'],
-                    'ResNet version: 1 or 2 (pre-activation).', **fv)
-  flags.register_validator('resnet_size', lambda v: v >= 8 and v % 6 == 2,
+  flags.register_validator('resnet_size', is_6n_plus_2,
                            message='--resnet_size must be 6n+2 (20, 32, 44, 56, 110)', **fv)
   flags_core.set_defaults(flag_values, dataset='cifar10', data_dir='/tmp/cifar10_data',
                           model_dir='/tmp/cifar10_model', train_epochs=182,

@@ -22,9 +22,14 @@ def define_resnet_flags(resnet_size_choices=None, flag_values=flags.FLAGS):
   fv = {'flag_values': flag_values}
   choices = [str(size) for size in (resnet_size_choices or sorted(resnet_model.RESNET_SIZES))]
   flags.DEFINE_enum('resnet_size', '50', choices, 'The size of the ResNet model to use.', **fv)
+  define_version_flag(flag_values)
+
+
+def define_version_flag(flag_values=flags.FLAGS):
+  """--resnet_version, for every ResNet main (the ImageNet family's and the CIFAR one's)."""
   flags.DEFINE_enum('resnet_version', str(resnet_model.DEFAULT_VERSION), ['1', '2'],
                     'ResNet version: 1 (v1.5, stride on the 3x3 conv) or 2 (pre-activation).',
-                    **fv)
+                    flag_values=flag_values)
 
 
 def define_estimator_flags(flag_values=flags.FLAGS):

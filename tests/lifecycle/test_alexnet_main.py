@@ -16,6 +16,7 @@ from mnist_cnn import alexnet_main
 from mnist_cnn import alexnet_model
 from official.utils.logs import hooks_helper
 from official.utils.logs import run_record
+from tests.conftest import parse_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=REPO)
@@ -23,10 +24,7 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=REPO)
 
 def make_flags(argv=()):
   """Parses argv with a fresh set of AlexNet flags (no global state)."""
-  flag_values = flags.FlagValues()
-  alexnet_main.define_alexnet_flags(flag_values)
-  flag_values(['alexnet_main'] + list(argv))
-  return flag_values
+  return parse_flags(alexnet_main.define_alexnet_flags, argv, 'alexnet_main')
 
 
 def test_unknown_hook_name_is_rejected():

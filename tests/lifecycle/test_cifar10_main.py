@@ -53,11 +53,6 @@ def test_schedule_divides_by_ten_at_epochs_91_and_136_of_182_scaled_to_the_batch
   assert params['weight_decay'] == 2e-4
 
 
-def _png(image):
-  with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
-    return sess.run(tf.io.encode_png(tf.constant(image)))
-
-
 def _serve(export_path, signature_name, input_name, value):
   with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
     meta_graph = tf.compat.v1.saved_model.loader.load(sess, ['serve'], export_path)
@@ -95,11 +90,11 @@ def test_end_to_end_on_tiny_binary_files_with_export_loaded_in_a_fresh_process(
   # The image-bytes signature decodes colour PNGs to the 32x32x3 the model trained on, and a
   # grey one to three equal channels.
   from_png = _serve(results['export_path'], 'image_bytes:serving_default', 'image_bytes',
-                    [_png(image) for image in pixels])
+                    [tf.io.encode_png(image).numpy() for image in pixels])
   np.testing.assert_allclose(from_png, exported, atol=1e-5)
   grey = pixels[:1, :, :, :1]
   from_grey = _serve(results['export_path'], 'image_bytes:serving_default', 'image_bytes',
-                     [_png(grey[0])])
+                     [tf.io.encode_png(grey[0]).numpy()])
   as_rgb = _serve(results['export_path'], 'serving_default', 'images',
                   np.repeat(grey.astype(np.float32) / 255.0, 3, axis=-1))
   np.testing.assert_allclose(from_grey, as_rgb, atol=1e-5)

@@ -14,16 +14,14 @@ from mnist_cnn import resnet_main
 from official.utils import session_config
 from official.utils.logs import run_record
 from tests import model_helpers
+from tests.conftest import parse_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', PYTHONPATH=REPO)
 
 
 def make_flags(argv=()):
-  flag_values = flags.FlagValues()
-  resnet_main.define_mnist_flags(flag_values)
-  flag_values(['resnet_main'] + list(argv))
-  return flag_values
+  return parse_flags(resnet_main.define_mnist_flags, argv, 'resnet_main')
 
 
 def test_thread_pool_settings_are_computed_from_values(monkeypatch):
