@@ -4,7 +4,7 @@ tf.keras fit.
   python benchmarks/resnet_pipeline.py [--data_dir=DIR] [--rounds=5] [--steps_per_window=10]
 
 All train the MNIST ResNet (same size, stem, widths, batch, momentum SGD) from the same tf.data
-pipeline (input_data.arrays_input_fn: cache, shuffle, map_and_batch with pixel shifts,
+pipeline (array_input.arrays_input_fn: cache, shuffle, map_and_batch with pixel shifts,
 prefetch):
 - estimator: tf.estimator.Estimator with resnet_model_fn in fp32, one long train() call;
 - estimator_bf16: a second Estimator computing in bf16 as resnet_main's --dtype=bf16 does (on a
@@ -32,9 +32,11 @@ from absl import app
 from absl import flags
 import tensorflow as tf
 
-from mnist_cnn import input_data
 from mnist_cnn import resnet_main
-from official.resnet import resnet_run_loop
+from official.data import array_input
+from official.data import idx
+from official.data import raw_data
+from official.utils import classifier_model_fn
 from official.utils import lifecycle
 from official.utils import precision
 from official.utils import session_config
@@ -78,20 +80,26 @@ NUM_CLASSES = 10
 
 def _arrays(data_dir):
   if data_dir:
-    raw = input_data.load_idx_dataset_cached(data_dir)
+    raw = idx.load_idx_dataset_cached(data_dir)
     return raw.train_images, raw.train_labels
-  raw = input_data.synthetic_raw_data(num_train=10000, num_test=1)
+  raw = raw_data.synthetic_raw_data(num_train=10000, num_test=1)
   return raw.train_images, raw.train_labels
 
 
 def _params(f, dtype='fp32'):
-  def build_model(tf_dtype):
-    return resnet_main.MnistModel(f.resnet_size, NUM_CLASSES, stem=f.stem,
-                                  num_filters=f.num_filters, data_format='channels_last',
-                                  dtype=tf_dtype)
-  return {'model': build_model, 'num_classes': NUM_CLASSES, 'weight_decay': 1e-4,
-          'momentum': MOMENTUM, 'dtype': dtype,
-          'learning_rate_fn': lambda step: tf.constant(LEARNING_RATE)}
+  return {'resnet_size': f.resnet_size, 'stem': f.stem, 'num_filters': f.num_filters,
+          'dtype': dtype}
+
+
+def _model_fn(features, labels, mode, params):
+  """MnistModel through the shared EstimatorSpec at a constant learning rate."""
+  dtype = precision.tf_dtype(params['dtype'])
+  model = resnet_main.MnistModel(params['resnet_size'], 'channels_last',
+                                 num_classes=NUM_CLASSES, stem=params['stem'],
+                                 num_filters=params['num_filters'], dtype=dtype)
+  return classifier_model_fn.estimator_spec(
+      features, labels, mode, model, weight_decay=1e-4,
+      learning_rate_fn=lambda step: tf.constant(LEARNING_RATE), momentum=MOMENTUM, dtype=dtype)
 
 
 def _quiet_config(onednn_bf16=False):
@@ -134,7 +142,7 @@ def _stepped_estimator_runner(f, dataset_fn, dtype, model_dir, casts=False):
   plan = precision.plan(dtype, has_gpu=bool(tf.config.list_physical_devices('GPU')))
   if casts:
     plan = precision.Plan(dtype, dtype, False)
-  estimator = tf.estimator.Estimator(resnet_run_loop.resnet_model_fn, model_dir=model_dir,
+  estimator = tf.estimator.Estimator(_model_fn, model_dir=model_dir,
                                      config=_quiet_config(plan.onednn_bf16),
                                      params=_params(f, plan.graph_dtype))
   errors = []
@@ -167,8 +175,7 @@ def _session_runner(f, dataset_fn):
   graph = tf.Graph()
   with graph.as_default():
     features, labels = tf.compat.v1.data.make_one_shot_iterator(dataset_fn()).get_next()
-    spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
-                                           _params(f))
+    spec = _model_fn(features, labels, tf.estimator.ModeKeys.TRAIN, _params(f))
     init = tf.compat.v1.global_variables_initializer()
   session = tf.compat.v1.Session(graph=graph)
   session.run(init)
@@ -277,7 +284,7 @@ def measure(f):
   images, labels = _arrays(f.data_dir)
 
   def dataset_fn():
-    return input_data.arrays_input_fn(images, labels, True, f.batch_size, num_epochs=None,
+    return array_input.arrays_input_fn(images, labels, True, f.batch_size, num_epochs=None,
                                       seed=0, shift_pixels=2, drop_remainder=True)
 
   with tempfile.TemporaryDirectory() as model_dir:
@@ -289,7 +296,7 @@ def measure(f):
           f, dataset_fn, 'bf16', os.path.join(model_dir, 'bf16_casts'), casts=True)
     others.update(session=_session_runner(f, dataset_fn), keras=_keras_runner(f, dataset_fn))
     rates = {name: [] for name in ['estimator'] + list(others)}
-    estimator = tf.estimator.Estimator(resnet_run_loop.resnet_model_fn,
+    estimator = tf.estimator.Estimator(_model_fn,
                                        model_dir=os.path.join(model_dir, 'fp32'),
                                        config=_quiet_config(), params=_params(f))
     try:

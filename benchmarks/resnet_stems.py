@@ -16,14 +16,14 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_cnn import resnet_main
-from official.resnet import resnet_run_loop
+from official.utils import classifier_model_fn
 
 EPOCH_IMAGES = 60000
 
 
 def train_session(build_model, batch_size, config=None, aux_loss_weight=0.0,
                   image_shape=(28, 28, 1)):
-  """(warmed-up Session, train_op): resnet_model_fn in TRAIN mode on a fixed random batch of
+  """(warmed-up Session, train_op): the shared EstimatorSpec in TRAIN mode on a fixed random batch of
   image_shape images, the model from build_model(dtype). GoogLeNet's and the CIFAR ResNets'
   benchmarks share it."""
   graph = tf.Graph()
@@ -31,11 +31,10 @@ def train_session(build_model, batch_size, config=None, aux_loss_weight=0.0,
     rng = np.random.RandomState(0)
     features = tf.constant(rng.rand(batch_size, *image_shape).astype(np.float32))
     labels = tf.constant(rng.randint(0, 10, batch_size).astype(np.int32))
-    params = {'model': build_model, 'num_classes': 10, 'weight_decay': 1e-4, 'momentum': 0.9,
-              'dtype': 'fp32', 'aux_loss_weight': aux_loss_weight,
-              'learning_rate_fn': lambda step: tf.constant(0.01)}
-    spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
-                                           params)
+    spec = classifier_model_fn.estimator_spec(
+        features, labels, tf.estimator.ModeKeys.TRAIN, build_model(tf.float32),
+        weight_decay=1e-4, learning_rate_fn=lambda step: tf.constant(0.01), momentum=0.9,
+        aux_loss_weight=aux_loss_weight)
     init = tf.compat.v1.global_variables_initializer()
   session = tf.compat.v1.Session(graph=graph, config=config)
   session.run(init)
@@ -63,8 +62,8 @@ def time_sessions(sessions, batch_size, rounds, steps_per_window):
 
 def _train_session(stem, resnet_size, batch_size):
   return train_session(
-      lambda dtype: resnet_main.MnistModel(resnet_size, 10, stem=stem,
-                                           data_format='channels_last', dtype=dtype), batch_size)
+      lambda dtype: resnet_main.MnistModel(resnet_size, 'channels_last', stem=stem,
+                                           dtype=dtype), batch_size)
 
 
 def main(_):

@@ -114,8 +114,8 @@ def alexnet_forward():
 def resnet_forward(num_filters):
   def build():
     images = tf.compat.v1.placeholder(tf.float32, [1, 28, 28, 1])
-    resnet_main.MnistModel(18, 10, num_filters=num_filters, data_format='channels_last')(
-        images, training=False)
+    resnet_main.MnistModel(18, 'channels_last', num_filters=num_filters)(images,
+                                                                         training=False)
   return build
 
 

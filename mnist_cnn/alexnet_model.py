@@ -30,6 +30,9 @@ CONV_FILTERS = (64, 128, 256)
 KERNEL_SIZE = 3
 POOL_SIZE = 2
 DENSE_UNITS = 1024
+# The report's input: flat 28x28 grey images ([None, 784]) of 10 classes.
+MNIST_IMAGE_SHAPE = (28, 28, 1)
+MNIST_NUM_CLASSES = 10
 INITIALIZERS = ('he', 'report')
 OPTIMIZERS = ('adadelta', 'momentum', 'adam')
 MOMENTUM = 0.9
@@ -83,12 +86,13 @@ def weight_shapes(image_shape, num_classes):
   return shapes
 
 
-def make_variables(image_shape, num_classes, init='he', seed=0):
-  """Creates the weights and biases dicts.
+def make_variables(image_shape=MNIST_IMAGE_SHAPE, num_classes=MNIST_NUM_CLASSES, init='he',
+                   seed=0):
+  """Creates the weights and biases dicts (the report's `weights` and `bias`).
 
   Args:
-    image_shape: (height, width, channels) of one image.
-    num_classes: size of the output layer.
+    image_shape: (height, width, channels) of one image; MNIST's by default.
+    num_classes: size of the output layer; MNIST's 10 by default.
     init: 'he' (seeded truncated normal, stddev sqrt(2/fan_in), zero biases) or 'report'
       (normal with stddev 1 for weights and biases, as the report did, but seeded).
     seed: op-level seed base; each variable gets seed + its index.
@@ -119,18 +123,45 @@ def make_variables(image_shape, num_classes, init='he', seed=0):
   return weights, biases
 
 
-def alexnet(x, weights, biases, keep_prob, image_shape):
-  """The AlexNet-for-MNIST forward pass.
+def image_shape_of(x, weights):
+  """The (height, width, channels) a forward pass reshapes x to: x's own when it is
+  [batch, h, w, c]; for flat rows [batch, h * w * c], square images with the channels of
+  weights['wc1'] whose three pools give weights['wd1']'s input size (the report's [None, 784]
+  and MNIST's weights: 28x28x1).
+
+  Raises:
+    ValueError: the shape cannot be told from x and the weights (pass image_shape).
+  """
+  if x.shape.ndims == 4 and x.shape[1:].is_fully_defined():
+    return tuple(int(d) for d in x.shape[1:])
+  channels = int(weights['wc1'].shape[2])
+  size = x.shape[-1] if x.shape.ndims == 2 else None
+  side = round(math.sqrt(size / channels)) if size else 0
+  if side and side * side * channels == size and (
+      _feature_size(side, side) == int(weights['wd1'].shape[0])):
+    return (side, side, channels)
+  raise ValueError('cannot tell the image shape of x %s from the weights; pass '
+                   'image_shape=(height, width, channels)' % (x.shape,))
+
+
+def alexnet(x, weights, biases, keep_prob, image_shape=None):
+  """The AlexNet-for-MNIST forward pass, called as the report did:
+  `pred = alexnet(x, weights, bias, keep_prob)` with x a [None, 784] placeholder.
 
   Args:
     x: float images, [batch, height * width * channels] (or already [batch, h, w, c]).
     weights, biases: dicts from `make_variables`.
     keep_prob: scalar dropout keep probability (1.0 for evaluation).
-    image_shape: (height, width, channels).
+    image_shape: (height, width, channels); default: what x and the weights imply
+      (image_shape_of).
 
   Returns:
     logits [batch, num_classes].
+
+  Raises:
+    ValueError: image_shape is not given and cannot be told.
   """
+  image_shape = image_shape or image_shape_of(x, weights)
   net = tf.reshape(x, [-1] + list(image_shape))
   for index in range(1, len(CONV_FILTERS) + 1):
     net = Convolution('conv%d' % index, net, weights['wc%d' % index], biases['bc%d' % index])

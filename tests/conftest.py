@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from mnist_cnn import input_data
+from official.data import idx
 from tests import server_helpers
 
 
@@ -43,10 +43,10 @@ def write_idx_dir(directory, num_train=60, num_test=20, num_classes=10, height=2
   train_images, train_labels = make(num_train)
   test_images, test_labels = make(num_test)
   contents = {
-      input_data.TRAIN_IMAGES: idx_bytes(train_images, input_data.IMAGES_MAGIC),
-      input_data.TRAIN_LABELS: idx_bytes(train_labels, input_data.LABELS_MAGIC),
-      input_data.TEST_IMAGES: idx_bytes(test_images, input_data.IMAGES_MAGIC),
-      input_data.TEST_LABELS: idx_bytes(test_labels, input_data.LABELS_MAGIC),
+      idx.TRAIN_IMAGES: idx_bytes(train_images, idx.IMAGES_MAGIC),
+      idx.TRAIN_LABELS: idx_bytes(train_labels, idx.LABELS_MAGIC),
+      idx.TEST_IMAGES: idx_bytes(test_images, idx.IMAGES_MAGIC),
+      idx.TEST_LABELS: idx_bytes(test_labels, idx.LABELS_MAGIC),
   }
   for name, data in contents.items():
     if compress:
@@ -127,47 +127,69 @@ def cifar10_dir(tmp_path):
 
 @pytest.fixture(scope='session')
 def exports(tmp_path_factory):
-  """{'alexnet': version dir, 'alexnet_2': another AlexNet version dir, 'resnet': ...,
-  'googlenet': ...}, built once per test session: the first pytest-xdist worker to ask builds
-  them under a lock, the other reads what it wrote (tests only read and copy them)."""
+  """The session's exports by name ('alexnet', 'alexnet_2': another AlexNet, 'resnet',
+  'googlenet'), each built once per test session by the first pytest-xdist worker that asks for
+  it, under a lock of its own (so two workers build two at once), and read by the others from
+  what it wrote. Tests only read and copy them."""
   base = tmp_path_factory.getbasetemp()
   if os.environ.get('PYTEST_XDIST_WORKER'):
     base = base.parent  # the session's directory, above every worker's own
   root = base / 'shared_exports'
   root.mkdir(exist_ok=True)
-  index = root / 'exports.json'
-  with open(str(root / '.lock'), 'w') as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not index.exists():
-      found = _build_exports(root)
-      index.with_suffix('.tmp').write_text(json.dumps(found))
-      os.replace(str(index.with_suffix('.tmp')), str(index))
-    return json.loads(index.read_text())
+  return _Exports(root)
 
 
-def _build_exports(root):
+class _Exports(object):
+  """exports[name]: the version directory of one of the session's exports (see `exports`)."""
+
+  def __init__(self, root):
+    self.root = root
+
+  def __getitem__(self, name):
+    index = self.root / (name + '.json')
+    with open(str(self.root / (name + '.lock')), 'w') as lock:
+      fcntl.flock(lock, fcntl.LOCK_EX)
+      if not index.exists():
+        path = _BUILDERS[name](self.root / name)
+        index.with_suffix('.tmp').write_text(json.dumps(path))
+        os.replace(str(index.with_suffix('.tmp')), str(index))
+      return json.loads(index.read_text())
+
+
+def _alexnet_export(root, seed):
   from mnist_cnn import alexnet_main  # pylint: disable=g-import-not-at-top
-  from mnist_cnn import googlenet_main  # pylint: disable=g-import-not-at-top
-  from mnist_cnn import resnet_main  # pylint: disable=g-import-not-at-top
   data_dir = str(root / 'data')
   write_idx_dir(data_dir, num_train=200, num_test=50, learnable=True)
-  found = {}
-  for name, seed in (('alexnet', 0), ('alexnet_2', 1)):
-    result = alexnet_main.run_alexnet(parse_flags(alexnet_main.define_alexnet_flags, [
-        '--data_dir=' + data_dir, '--model_dir=%s' % (root / name), '--train_epochs=1',
-        '--batch_size=50', '--validation_size=0', '--optimizer=adam', '--learning_rate=0.001',
-        '--seed=%d' % seed, '--export_dir=%s' % (root / (name + '_export'))]))
-    found[name] = result['export_path']
-  result = resnet_main.run_resnet(parse_flags(resnet_main.define_mnist_flags, [
-      '--use_synthetic_data', '--model_dir=%s' % (root / 'resnet'), '--num_filters=4',
-      '--batch_size=8', '--max_train_steps=2', '--export_dir=%s' % (root / 'resnet_export')]))
-  found['resnet'] = result['export_path']
-  result = googlenet_main.run_googlenet(parse_flags(googlenet_main.define_googlenet_flags, [
-      '--use_synthetic_data', '--model_dir=%s' % (root / 'googlenet'),
+  return alexnet_main.run_alexnet(parse_flags(alexnet_main.define_alexnet_flags, [
+      '--data_dir=' + data_dir, '--model_dir=%s' % (root / 'model'), '--train_epochs=1',
+      '--batch_size=50', '--validation_size=0', '--optimizer=adam', '--learning_rate=0.001',
+      '--seed=%d' % seed, '--export_dir=%s' % (root / 'export')]))['export_path']
+
+
+def _resnet_export(root):
+  from mnist_cnn import resnet_main  # pylint: disable=g-import-not-at-top
+  return resnet_main.run_resnet(parse_flags(resnet_main.define_mnist_flags, [
+      '--use_synthetic_data', '--model_dir=%s' % (root / 'model'), '--num_filters=4',
+      '--batch_size=8', '--max_train_steps=2', '--batch_norm_batches=2',
+      '--export_dir=%s' % (root / 'export')]))['export_path']
+
+
+def _googlenet_export(root):
+  # With its auxiliary heads, which the export leaves out; the statistics' recomputation is
+  # tested on its own (10 s for GoogLeNet's graph).
+  from mnist_cnn import googlenet_main  # pylint: disable=g-import-not-at-top
+  return googlenet_main.run_googlenet(parse_flags(googlenet_main.define_googlenet_flags, [
+      '--use_synthetic_data', '--model_dir=%s' % (root / 'model'),
       '--width_multiplier=0.125', '--batch_size=8', '--max_train_steps=2',
-      '--batch_norm_batches=2', '--export_dir=%s' % (root / 'googlenet_export')]))
-  found['googlenet'] = result['export_path']
-  return found
+      '--batch_norm_batches=0', '--export_dir=%s' % (root / 'export')]))['export_path']
+
+
+_BUILDERS = {
+    'alexnet': lambda root: _alexnet_export(root, 0),
+    'alexnet_2': lambda root: _alexnet_export(root, 1),
+    'resnet': _resnet_export,
+    'googlenet': _googlenet_export,
+}
 
 
 @pytest.fixture

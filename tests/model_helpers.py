@@ -1,5 +1,5 @@
-"""Estimator params of a small ResNet, for tests that call resnet_model_fn themselves, and an
-export's answers from a fresh process."""
+"""Params of a small ResNet for tests that call its model_fn themselves (as resnet_main would
+give them), and an export's answers from a fresh process."""
 
 import os
 import subprocess
@@ -11,15 +11,20 @@ import tensorflow as tf
 from mnist_cnn import resnet_main
 
 
+# The model_fn those params are for.
+model_fn = resnet_main.mnist_model_fn
+
+
 def resnet_params(**overrides):
-  """resnet_model_fn params of a 4-filter ResNet-18 for 10 classes, in fp32."""
+  """mnist_model_fn params of a 4-filter ResNet-18 for 10 classes in fp32: the Model Garden's
+  keys, the recipe's and the data's, as resnet_main gives them."""
   params = {
-      'model': lambda dtype, batch_norm_decay=0.997: resnet_main.MnistModel(
-          18, 10, num_filters=4, data_format='channels_last', dtype=dtype,
-          batch_norm_decay=batch_norm_decay),
-      'num_classes': 10, 'weight_decay': 1e-4, 'momentum': 0.9, 'dtype': 'fp32',
-      'learning_rate_fn': lambda step: tf.constant(0.1), 'loss_scale': None,
-      'fine_tune': False, 'label_smoothing': 0.0}
+      'resnet_size': 18, 'data_format': 'channels_last', 'batch_size': 50,
+      'resnet_version': 2, 'loss_scale': 1, 'dtype': tf.float32, 'fine_tune': False,
+      'num_workers': 1, 'train_epochs': 2, 'weight_decay': 1e-4, 'momentum': 0.9,
+      'base_learning_rate': 0.1, 'warmup_epochs': 0.0, 'lr_schedule': 'step',
+      'label_smoothing': 0.0, 'batch_norm_decay': 0.997, 'num_images': 400,
+      'num_classes': 10, 'stem': 'mnist', 'num_filters': 4}
   params.update(overrides)
   return params
 
@@ -48,25 +53,9 @@ def exported_probabilities(export_path, images, work_dir):
   return np.load(probs_path), result.stdout.split()
 
 
-def estimator_probabilities(model_dir, params, images):
+def estimator_probabilities(model_dir, params, images, estimator_model_fn=model_fn):
   """Estimator.predict's probabilities for images, from model_dir's latest checkpoint: what an
   export must answer."""
-  from official.resnet import resnet_run_loop  # pylint: disable=g-import-not-at-top
-  estimator = tf.estimator.Estimator(resnet_run_loop.resnet_model_fn, model_dir=model_dir,
-                                     params=params)
+  estimator = tf.estimator.Estimator(estimator_model_fn, model_dir=model_dir, params=params)
   return np.array([p['probabilities'] for p in estimator.predict(
       lambda: tf.data.Dataset.from_tensor_slices(images).batch(len(images)))])
-
-
-class FakeRaw(object):
-  """What model_params reads of input_data.RawData, without arrays."""
-
-  def __init__(self, num_classes=10, num_train=400):
-    self.num_classes = num_classes
-    self.num_train = num_train
-
-
-class FP32_PLAN(object):  # pylint: disable=invalid-name
-  """What model_params reads of a precision plan: fp32, no bf16 rewrite."""
-  graph_dtype = 'fp32'
-  onednn_bf16 = False

@@ -263,13 +263,14 @@ def block_layer(inputs, filters, bottleneck, block_fn, blocks, strides, training
 class Model(object):
   """A residual network: stem, stacked block layers, global average pool, dense layer."""
 
-  def __init__(self, bottleneck, num_classes, num_filters, kernel_size,
+  def __init__(self, resnet_size, bottleneck, num_classes, num_filters, kernel_size,
                conv_stride, first_pool_size, first_pool_stride, block_sizes, block_strides,
                resnet_version=DEFAULT_VERSION, data_format=None, dtype=DEFAULT_DTYPE,
                batch_norm_decay=BATCH_NORM_DECAY):
-    """Configures the network.
+    """Configures the network; the arguments are the Model Garden's, in its order.
 
     Args:
+      resnet_size: the network's depth, recorded (block_sizes and bottleneck build it).
       bottleneck: bottleneck blocks (1x1-3x3-1x1) instead of building blocks (3x3-3x3).
       num_classes: size of the output layer.
       num_filters: filters of the first convolution and first stage; doubled each stage.
@@ -289,14 +290,19 @@ class Model(object):
         is not the trained one. mnist_cnn/resnet_main.py ties it to the run's length.
 
     Raises:
+      TypeError: the first argument is a bool (the order before resnet_size came first).
       ValueError: unknown version, data format or dtype, or mismatched block lists.
     """
+    if isinstance(resnet_size, bool):
+      raise TypeError('Model takes resnet_size first, then bottleneck, as the Model Garden\'s '
+                      'does; got the bool %r first' % resnet_size)
     if resnet_version not in RESNET_VERSIONS:
       raise ValueError('resnet_version must be 1 or 2 (see README), got %r' % (resnet_version,))
     data_format = data_format or default_data_format()
     if data_format not in ('channels_first', 'channels_last'):
-      raise ValueError("data_format must be 'channels_first' or 'channels_last', got %r" %
-                       (data_format,))
+      raise ValueError("data_format must be 'channels_first' or 'channels_last', got %r (the "
+                       "model classes take (resnet_size, data_format, num_classes=...), the "
+                       "Model Garden's order)" % (data_format,))
     dtype = tf.as_dtype(dtype)
     if dtype not in ALLOWED_TYPES:
       raise ValueError('dtype must be one of %s, got %s' %
@@ -306,6 +312,7 @@ class Model(object):
                        (block_sizes, block_strides))
     if not 0 <= batch_norm_decay < 1:
       raise ValueError('batch_norm_decay must be in [0, 1), got %r' % (batch_norm_decay,))
+    self.resnet_size = resnet_size
     self.batch_norm_decay = batch_norm_decay
     self.resnet_version = resnet_version
     self.bottleneck = bottleneck

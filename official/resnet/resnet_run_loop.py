@@ -1,28 +1,53 @@
-"""The Estimator run loop for ResNets: model_fn, and local train/evaluate cycles.
+"""The Estimator run loop, with the Model Garden's r1 API: `resnet_main` and its helpers.
 
-In the spirit of the TensorFlow Model Garden's legacy `official/resnet/resnet_run_loop.py`,
-written for `tf.compat.v1` + `tf.estimator` on TensorFlow 2.15, without `tf.contrib`, and without
-its known defects: synthetic labels cover every class, thread settings are computed instead of
-written back into parsed flags, a rerun resumes to the target epoch count instead of training it
-again, and the batch-norm variables are left out of weight decay by name.
+The report's ResNet section lists these functions and calls `resnet_main` as the Model
+Garden's cifar10_main does; they keep the signatures of `official/r1/resnet/resnet_run_loop.py`
+in tensorflow/models, written for `tf.compat.v1` + `tf.estimator` on TensorFlow 2.15 without
+`tf.contrib`:
 
-Around it: the learning-rate schedules (official/utils/learning_rate.py), batch-norm statistics
-(official/utils/batch_norm_statistics.py), the run lifecycle (official/utils/lifecycle.py), the
-cluster path (official/utils/cluster_training.py), the export (official/utils/export.py) and
-the flags (official/resnet/resnet_flags.py). Nothing here reads flags: the entry point passes
-values.
+  process_record_dataset(dataset, is_training, batch_size, shuffle_buffer, parse_record_fn, ...)
+  get_synth_input_fn(height, width, num_channels, num_classes, dtype=tf.float32)
+  image_bytes_serving_input_fn(image_shape, dtype=tf.float32)
+  override_flags_and_set_envars_for_gpu_thread_pool(flags_obj)   (also ..._envvars_...)
+  learning_rate_with_decay(batch_size, batch_denom, num_images, boundary_epochs, ...)
+  resnet_model_fn(features, labels, mode, model_class, resnet_size, weight_decay, ...)
+  resnet_main(flags_obj, model_function, input_function, dataset_name, shape=None)
+  define_resnet_flags(resnet_size_choices=None)
+
+`resnet_main` owns every Estimator run here (ResNet on MNIST, GoogLeNet, the CIFAR-10 ResNets):
+the only code below the mains that reads the parsed flags, it parses the cluster once, writes
+the run's records, trains and evaluates in cycles (or as a cluster member), recomputes the
+batch-norm statistics, stops early, handles Ctrl-C and exports with both signatures. Where the
+Model Garden's behaviour was worse it does otherwise, by default: synthetic labels cover every
+class, thread settings are computed instead of written back into the parsed flags, a rerun
+resumes to the target epoch count instead of training it again, batch-norm variables are left
+out of weight decay by name, and the export is checked on the test set.
+
+The helpers live in their layers and are re-exported here under their r1 names: the record
+pipeline and synthetic input in official/data/, the serving receiver in official/utils/export.py,
+the schedules in official/utils/learning_rate.py, the flags in official/resnet/resnet_flags.py,
+the EstimatorSpec in official/utils/classifier_model_fn.py.
 """
 
 import dataclasses
+import inspect
 import math
 import sys
 import time
 
 import tensorflow as tf
 
+from official.data import array_input
+from official.data import datasets
+from official.data import record_pipeline
+from official.resnet import resnet_flags
+from official.resnet import resnet_model
 from official.utils import batch_norm_statistics
+from official.utils import classifier_model_fn
 from official.utils import cluster_training
+from official.utils import distribution_utils
 from official.utils import export
+from official.utils import learning_rate
 from official.utils import lifecycle
 from official.utils import precision
 from official.utils import session_config
@@ -30,6 +55,66 @@ from official.utils.logs import hooks_helper
 from official.utils.logs import run_record
 
 KEEP_CHECKPOINTS = 5
+# Errors of the user's making beyond lifecycle.USER_ERRORS that an Estimator main prints as one
+# line: its data's, and those resnet_main raises.
+USER_ERRORS = datasets.DATA_ERRORS + (distribution_utils.DistributionError,
+                                      batch_norm_statistics.StatisticsError)
+
+# The Model Garden's names, each the callable it describes.
+process_record_dataset = record_pipeline.process_record_dataset
+get_synth_input_fn = array_input.get_synth_input_fn
+image_bytes_serving_input_fn = export.image_bytes_serving_input_fn
+learning_rate_with_decay = learning_rate.learning_rate_with_decay
+define_resnet_flags = resnet_flags.define_resnet_flags
+
+
+def override_flags_and_set_envars_for_gpu_thread_pool(flags_obj):
+  """The Model Garden's: sets TF_GPU_THREAD_MODE and TF_GPU_THREAD_COUNT for
+  --tf_gpu_thread_mode and writes the thread counts that leaves back into flags_obj
+  (--inter_op_parallelism_threads, --datasets_num_private_threads).
+
+  resnet_main does not call it: it computes the same counts (session_config.gpu_thread_settings,
+  two inter-op threads per GPU where the Model Garden gave every core left) and leaves the
+  parsed flags as they were parsed.
+  """
+  num_gpus = None if flags_obj.num_gpus == -1 else flags_obj.num_gpus
+  threads = session_config.gpu_thread_settings(
+      flags_obj.inter_op_parallelism_threads, flags_obj.datasets_num_private_threads,
+      flags_obj.tf_gpu_thread_mode, flags_obj.per_gpu_thread_count, num_gpus=num_gpus)
+  flags_obj.inter_op_parallelism_threads = threads['inter_op_parallelism_threads']
+  flags_obj.datasets_num_private_threads = threads['datasets_num_private_threads']
+
+
+# The report spells it with "envvars".
+override_flags_and_set_envvars_for_gpu_thread_pool = (
+    override_flags_and_set_envars_for_gpu_thread_pool)
+
+
+def resnet_model_fn(features, labels, mode, model_class, resnet_size, weight_decay,
+                    learning_rate_fn, momentum, data_format, resnet_version, loss_scale,
+                    loss_filter_fn=None, dtype=resnet_model.DEFAULT_DTYPE, fine_tune=False,
+                    label_smoothing=0.0):
+  """Shared functionality of the ResNet model_fns: the model, losses, optimizer and metrics.
+
+  Builds model_class(resnet_size, data_format, resnet_version=resnet_version, dtype=dtype), as
+  the Model Garden did (a functools.partial of the class carries other constructor values), and
+  returns classifier_model_fn.estimator_spec of it: cross-entropy plus weight_decay times the
+  L2 norm of the variables loss_filter_fn keeps (default: all but batch norm's), momentum SGD
+  at learning_rate_fn(global_step) after the batch-norm updates, with the loss scaled by
+  loss_scale around the gradients. Features are cast to dtype here (the Model Garden asserted
+  that the input function had).
+
+  Returns:
+    tf.estimator.EstimatorSpec: predictions 'classes' int64 [B] and 'probabilities' float32
+    [B, classes]; in TRAIN and EVAL a scalar float32 loss and the metrics 'accuracy',
+    'accuracy_top_5' and 'cross_entropy'.
+  """
+  dtype = precision.tf_dtype(dtype)
+  model = model_class(resnet_size, data_format, resnet_version=resnet_version, dtype=dtype)
+  return classifier_model_fn.estimator_spec(
+      features, labels, mode, model, weight_decay, learning_rate_fn, momentum,
+      loss_scale=loss_scale, loss_filter_fn=loss_filter_fn, dtype=dtype, fine_tune=fine_tune,
+      label_smoothing=label_smoothing)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,269 +130,245 @@ class EstimatorSettings(object):
   batch_norm_batches: int
 
 
-# What the loop trains on: fn(is_training, batch_size, num_epochs, dtype, seed,
-# datasets_num_private_threads) -> Dataset, the image shape [h, w, c] and the training examples
-# per epoch.
-# test_set: None, or fn() -> (float images [N, h, w, c] in [0, 1], int labels [N]), which the
-# export measures its accuracy on in each precision (export.export_model).
-Data = dataclasses.make_dataclass('Data', ['input_fn', 'image_shape', 'num_train',
-                                           ('test_set', object, None)])
+@dataclasses.dataclass(frozen=True)
+class RecipeSettings(object):
+  """The training recipe's flags, which resnet_main hands every model_fn in params."""
+  weight_decay: float
+  momentum: float
+  base_learning_rate: float
+  warmup_epochs: float
+  lr_schedule: str
+  label_smoothing: float
+  batch_norm_decay: float
+  fine_tune: bool
+  loss_scale: int
+  data_format: str
 
 
-################################################################################
-# model_fn
-################################################################################
-
-
-def default_loss_filter_fn(name):
-  """Weight decay applies to every trainable variable except batch-norm gamma and beta."""
-  return 'batch_normalization' not in name
-
-
-def resnet_model_fn(features, labels, mode, params):
-  """The Estimator model_fn shared by ResNet mains.
+def resnet_main(flags_obj, model_function, input_function, dataset_name, shape=None, data=None,
+                model_params=None, model_name='resnet'):
+  """Trains and evaluates an Estimator model in cycles (or as a cluster member) and exports it.
 
   Args:
-    features: images [B, h, w, c].
-    labels: int class indices [B] (None in PREDICT).
-    mode: a tf.estimator.ModeKeys value.
-    params: dict with
-      'model': callable(dtype, batch_norm_decay=<the run's>) -> a model configured for the
-        dataset (resnet_model.Model, googlenet_model.GoogLeNet), which
-        official/utils/batch_norm_statistics.py builds with decay 0;
-      'num_classes', 'weight_decay', 'momentum', 'learning_rate_fn' (fn(global_step));
-      'dtype' (what the layers compute in: 'fp32', 'fp16', 'bf16'), 'loss_scale' (None: the
-      dtype's default); 'fine_tune' (train only the dense layer), 'label_smoothing';
-      'aux_loss_weight' (optional: what each auxiliary head's cross-entropy weighs in the
-      loss, for models returning (logits, end_points));
-      'loss_filter_fn' (optional; default excludes batch-norm variables).
+    flags_obj: parsed flags of resnet_flags.define_resnet_flags (or define_estimator_flags).
+    model_function: an Estimator model_fn(features, labels, mode, params). params holds the
+      Model Garden's keys ('resnet_size', 'data_format', 'batch_size', 'resnet_version',
+      'loss_scale', 'dtype' (a TensorFlow dtype), 'fine_tune', 'num_workers'), the recipe
+      ('train_epochs', 'weight_decay', 'momentum', 'base_learning_rate', 'warmup_epochs',
+      'lr_schedule', 'label_smoothing', 'batch_norm_decay', which the model must be built
+      with: it is 0.0 while the statistics are recomputed), 'num_images' and 'num_classes'
+      when data says them, and model_params.
+    input_function: input_fn(is_training, data_dir, batch_size, num_epochs=1, dtype=...,
+      [datasets_num_private_threads, input_context, seed]) -> Dataset of (images, labels);
+      called with the keywords it accepts.
+    dataset_name: what flags.json records as the data ('-synthetic' added with
+      --use_synthetic_data, as the Model Garden did).
+    shape: [h, w, c] of the images, for the export (default: data's).
+    data: None, or what the run knows of input_function's data: num_train, num_classes,
+      image_shape, test_set() and describe() (array_input.ArrayInput is both). With it a run
+      counts its epochs in steps, so a rerun resumes to --train_epochs instead of training
+      again, and the export is checked on the test set; without it each cycle trains its
+      epochs' passes over the input, as the Model Garden's did.
+    model_params: the model's own entries of params (from its main's flags).
+    model_name: what flags.json records as the model.
 
   Returns:
-    tf.estimator.EstimatorSpec for the mode.
+    {'eval_results': the last evaluation's results (accuracy, accuracy_top_5, loss,
+    cross_entropy, global_step; {} for cluster members other than the chief),
+    'train_hooks': the training hooks, 'export_path': the export's directory or None}.
+
+  Raises:
+    PrecisionError, RunDirError, DistributionError, StatisticsError: one-line errors of the
+      user's making, raised before model_dir is touched where they can be.
   """
-  if isinstance(features, dict):  # a serving receiver wraps a lone tensor as {'feature': t}
-    features = features['feature']
-  predictions, logits, aux_logits = _predictions(features, mode, params)
-  if mode == tf.estimator.ModeKeys.PREDICT:
-    return tf.estimator.EstimatorSpec(
-        mode=mode, predictions=predictions,
-        export_outputs={'predict': tf.estimator.export.PredictOutput(predictions)})
-  labels = tf.cast(labels, tf.int32)
-  cross_entropy, loss = _loss(logits, labels, params, aux_logits)
-  metrics = _metrics(logits, labels, predictions, cross_entropy, params['num_classes'])
-  if mode == tf.estimator.ModeKeys.EVAL:
-    return tf.estimator.EstimatorSpec(mode=mode, predictions=predictions, loss=loss,
-                                      eval_metric_ops=metrics)
-  return tf.estimator.EstimatorSpec(mode=mode, predictions=predictions, loss=loss,
-                                    train_op=_train_op(loss, params),
-                                    eval_metric_ops=metrics)
-
-
-def _predictions(features, mode, params):
-  """The model in params['dtype'], its float32 logits, classes and probabilities, and the
-  float32 logits of its auxiliary heads (a model that returns (logits, end_points), as
-  GoogLeNet does, names them 'AuxLogits_*' in training)."""
-  dtype = precision.tf_dtype(params['dtype'])
-  model = params['model'](dtype)
-  tf.compat.v1.summary.image('images', tf.cast(features, tf.float32), max_outputs=4)
-  outputs = model(tf.cast(features, dtype), mode == tf.estimator.ModeKeys.TRAIN)
-  logits, end_points = outputs if isinstance(outputs, tuple) else (outputs, {})
-  aux_logits = [tf.cast(end_points[name], tf.float32) for name in sorted(end_points)
-                if name.startswith('AuxLogits')]
-  logits = tf.cast(logits, tf.float32)  # softmax and loss in float32
-  return {'classes': tf.argmax(logits, axis=1),
-          'probabilities': tf.nn.softmax(logits, name='softmax_tensor')}, logits, aux_logits
-
-
-def _cross_entropy(logits, labels, params):
-  if params.get('label_smoothing'):
-    one_hot = tf.one_hot(labels, params['num_classes'])
-    return tf.compat.v1.losses.softmax_cross_entropy(
-        one_hot, logits, label_smoothing=params['label_smoothing'])
-  return tf.compat.v1.losses.sparse_softmax_cross_entropy(labels=labels, logits=logits)
-
-
-def _loss(logits, labels, params, aux_logits=()):
-  """(cross-entropy, cross-entropy + params['aux_loss_weight'] x each auxiliary head's
-  cross-entropy + weight decay over the variables loss_filter_fn keeps)."""
-  cross_entropy = tf.identity(_cross_entropy(logits, labels, params), name='cross_entropy')
-  tf.compat.v1.summary.scalar('cross_entropy', cross_entropy)
-  loss = cross_entropy
-  if aux_logits and params.get('aux_loss_weight'):
-    aux_loss = tf.identity(params['aux_loss_weight'] * tf.add_n(
-        [_cross_entropy(aux, labels, params) for aux in aux_logits]), name='aux_loss')
-    tf.compat.v1.summary.scalar('aux_loss', aux_loss)
-    loss += aux_loss
-  loss_filter_fn = params.get('loss_filter_fn') or default_loss_filter_fn
-  decayed = [tf.nn.l2_loss(tf.cast(v, tf.float32)) for v in tf.compat.v1.trainable_variables()
-             if loss_filter_fn(v.name)]
-  l2_loss = tf.identity(params['weight_decay'] * tf.add_n(decayed), name='l2_loss')
-  tf.compat.v1.summary.scalar('l2_loss', l2_loss)
-  return cross_entropy, loss + l2_loss
-
-
-def _metrics(logits, labels, predictions, cross_entropy, num_classes):
-  """Evaluation metrics, and the named train_accuracy tensor the logging hook reads."""
-  accuracy = tf.compat.v1.metrics.accuracy(labels, predictions['classes'])
-  accuracy_top_5 = tf.compat.v1.metrics.mean(
-      tf.nn.in_top_k(predictions=logits, targets=labels, k=min(5, num_classes)))
-  train_accuracy = tf.identity(
-      tf.reduce_mean(tf.cast(tf.equal(tf.cast(predictions['classes'], tf.int32), labels),
-                             tf.float32)), name='train_accuracy')
-  tf.compat.v1.summary.scalar('train_accuracy', train_accuracy)
-  # The EstimatorSpec's loss includes weight decay; report the data term on its own too.
-  return {'accuracy': accuracy, 'accuracy_top_5': accuracy_top_5,
-          'cross_entropy': tf.compat.v1.metrics.mean(cross_entropy)}
-
-
-def _train_op(loss, params):
-  """Momentum SGD on the (loss-scaled) loss, after the batch-norm updates."""
-  global_step = tf.compat.v1.train.get_or_create_global_step()
-  learning_rate = tf.identity(params['learning_rate_fn'](global_step), name='learning_rate')
-  tf.compat.v1.summary.scalar('learning_rate', learning_rate)
-  optimizer = tf.compat.v1.train.MomentumOptimizer(learning_rate=learning_rate,
-                                                   momentum=params['momentum'])
-  variables = tf.compat.v1.trainable_variables()
-  if params.get('fine_tune'):
-    variables = [v for v in variables if 'dense' in v.name]
-  loss_scale = params.get('loss_scale') or precision.default_loss_scale(params['dtype'])
-  # Scaling the loss keeps small float16 gradients from flushing to zero; unscale after.
-  grads_and_vars = optimizer.compute_gradients(loss * loss_scale, var_list=variables)
-  if loss_scale != 1:
-    grads_and_vars = [(g / loss_scale, v) for g, v in grads_and_vars if g is not None]
-  update_ops = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
-  with tf.control_dependencies(update_ops):
-    return optimizer.apply_gradients(grads_and_vars, global_step=global_step)
-
-
-################################################################################
-# The run: one process's train/evaluate cycles, or its part of a cluster
-################################################################################
-
-
-def run_estimator(settings, estimator_settings, cluster_settings, model_fn, params, data,
-                  facts):
-  """Trains and evaluates in cycles (or as a cluster member), stops early, and exports.
-
-  Args:
-    settings: lifecycle.RunSettings.
-    estimator_settings: EstimatorSettings.
-    cluster_settings: cluster_training.ClusterSettings.
-    model_fn: the Estimator model_fn (resnet_model_fn, or a wrapper).
-    params: the model_fn params, complete (see resnet_model_fn); params['onednn_bf16'] turns on
-      the CPU bfloat16 rewrite (official/utils/precision.py).
-    data: Data.
-    facts: what flags.json records beside the flags (model, dataset, dtype_used...).
-
-  Returns:
-    dict of the last evaluation's results (accuracy, accuracy_top_5, loss, global_step), plus
-    'export_path' when exported; {} for cluster members other than the chief.
-  """
+  settings = lifecycle.settings_from_flags(lifecycle.RunSettings, flags_obj)
+  loop_settings = lifecycle.settings_from_flags(EstimatorSettings, flags_obj)
+  recipe = lifecycle.settings_from_flags(RecipeSettings, flags_obj)
+  cluster_settings = lifecycle.settings_from_flags(cluster_training.ClusterSettings, flags_obj)
+  model_size = {name: int(getattr(flags_obj, name)) if hasattr(flags_obj, name) else None
+                for name in ('resnet_size', 'resnet_version')}
+  if flags_obj.use_synthetic_data:
+    dataset_name += '-synthetic'
   # Settled before anything in model_dir is touched: a refusal must not cost a checkpoint.
-  placement = cluster_training.resolve(cluster_settings, settings.batch_size,
-                                       settings.stop_threshold, estimator_settings.eval_only)
-  if cluster_training.is_chief(placement.cluster):
-    lifecycle.start(settings, KEEP_CHECKPOINTS, dict(
-        facts, replicas=placement.replicas, cluster=placement.cluster.get('cluster')))
-  if placement.cluster:
-    cluster_training.join(placement.cluster)
-  threads = session_config.gpu_thread_settings(
-      settings.inter_op_parallelism_threads, estimator_settings.datasets_num_private_threads,
-      estimator_settings.tf_gpu_thread_mode, estimator_settings.per_gpu_thread_count)
-  classifier = _make_estimator(settings, estimator_settings, model_fn, params, placement,
-                               threads['inter_op_parallelism_threads'],
-                               cluster_settings.cluster_timeout_s)
-  loop = _Loop(settings, classifier, data, model_fn, params, placement,
-               threads['datasets_num_private_threads'], estimator_settings.batch_norm_batches)
-  if placement.cluster:
-    results = loop.train_in_cluster(model_fn, cluster_settings.cluster_timeout_s)
-    if not results:
-      return results
-  else:
-    results = loop.train_locally(estimator_settings.eval_only)
-  return lifecycle.export_if_asked(settings, lambda export_dir: export_resnet(
-      export_dir, model_fn, params, data.image_shape, tf.train.latest_checkpoint(
-          settings.model_dir), facts['dtype_used'],
-      estimator_settings.image_bytes_as_serving_input, data.test_set), results)
+  has_gpu = bool(tf.config.list_physical_devices('GPU'))
+  plan = precision.plan(precision.settle_dtype(flags_obj.dtype, flags_obj.bf16_fallback,
+                                               has_gpu=has_gpu), has_gpu=has_gpu)
+  placement = cluster_training.resolve(
+      cluster_training.cluster_of(cluster_settings), cluster_settings, settings.batch_size,
+      settings.stop_threshold, loop_settings.eval_only)
+  if placement.cluster.distributed and data is None:
+    raise distribution_utils.DistributionError(
+        'a cluster run needs to know its training images (resnet_main(..., data=...)): its '
+        'members train to a step count')
+  image_shape = list(shape or (data.image_shape if data is not None else []))
+  if settings.export_dir and not image_shape:
+    raise ValueError('--export_dir needs the image shape: pass resnet_main shape=[h, w, c]')
+  params = dict(_params(recipe, model_size, plan, data, settings, placement),
+                **(model_params or {}))
+  facts = dict(data.describe() if data is not None else {}, model=model_name,
+               dataset_name=dataset_name, dtype_used=plan.dtype,
+               batch_norm_decay_used=params['batch_norm_decay'])
+  if image_shape:
+    facts['image_shape'] = image_shape
+  run = _Run(settings, loop_settings, placement, cluster_settings.cluster_timeout_s,
+             model_function, params, plan, data)
+  with lifecycle.recording(settings.model_dir if placement.cluster.is_chief else None,
+                           user_errors=USER_ERRORS):
+    return run.main(input_function, flags_obj.data_dir, facts, image_shape)
 
 
-def _make_estimator(settings, estimator_settings, model_fn, params, placement, inter_op,
-                    session_timeout_s):
-  config = session_config.make(inter_op, settings.intra_op_parallelism_threads,
-                               onednn_bf16=params.get('onednn_bf16', False),
-                               allow_soft_placement=True)
-  run_config = tf.estimator.RunConfig(
-      train_distribute=placement.strategy,
-      eval_distribute=None if placement.cluster else placement.strategy,
-      model_dir=settings.model_dir, tf_random_seed=settings.seed, session_config=config,
-      save_checkpoints_secs=estimator_settings.save_checkpoints_secs,
-      keep_checkpoint_max=KEEP_CHECKPOINTS, log_step_count_steps=1000,
-      session_creation_timeout_secs=session_timeout_s)
-  warm_start = None
-  if estimator_settings.pretrained_model_checkpoint_path:
-    # Everything but the final dense layer, whose class count may differ.
-    warm_start = tf.estimator.WarmStartSettings(
-        estimator_settings.pretrained_model_checkpoint_path, vars_to_warm_start='^(?!.*dense)')
-  return tf.estimator.Estimator(model_fn=model_fn, model_dir=settings.model_dir,
-                                config=run_config, params=params, warm_start_from=warm_start)
+def _params(recipe, model_size, plan, data, settings, placement):
+  """The params every model_fn gets (see resnet_main), from values."""
+  num_images = data.num_train if data is not None else None
+  bn_decay = recipe.batch_norm_decay
+  if bn_decay is None:
+    bn_decay = resnet_model.BATCH_NORM_DECAY
+    if num_images:
+      bn_decay = batch_norm_statistics.batch_norm_decay_for(
+          int(settings.train_epochs * num_images / settings.batch_size))
+  params = dict(model_size, data_format=recipe.data_format, batch_size=settings.batch_size,
+                loss_scale=recipe.loss_scale or precision.default_loss_scale(plan.graph_dtype),
+                dtype=precision.tf_dtype(plan.graph_dtype), fine_tune=recipe.fine_tune,
+                num_workers=placement.cluster.training_workers,
+                train_epochs=settings.train_epochs, weight_decay=recipe.weight_decay,
+                momentum=recipe.momentum, base_learning_rate=recipe.base_learning_rate,
+                warmup_epochs=recipe.warmup_epochs, lr_schedule=recipe.lr_schedule,
+                label_smoothing=recipe.label_smoothing, batch_norm_decay=bn_decay)
+  if data is not None:
+    params.update(num_images=num_images, num_classes=data.num_classes)
+  return params
 
 
-class _Loop(object):
-  """The input functions, hooks and step counts one run's training shares."""
+def _accepted(function, names):
+  """Which of names function takes as keywords (all, with **kwargs)."""
+  parameters = inspect.signature(function).parameters.values()
+  if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in parameters):
+    return set(names)
+  return set(names) & {p.name for p in parameters}
 
-  def __init__(self, settings, classifier, data, model_fn, params, placement, private_threads,
-               batch_norm_batches=0):
+
+class _Run(object):
+  """One resnet_main run: its Estimator, input functions, hooks and step counts."""
+
+  def __init__(self, settings, loop_settings, placement, cluster_timeout_s, model_fn, params,
+               plan, data):
     self.settings = settings
-    self.classifier = classifier
+    self.loop_settings = loop_settings
+    self.placement = placement
+    self.cluster_timeout_s = cluster_timeout_s
     self.model_fn = model_fn
     self.params = params
-    self.batch_norm_batches = batch_norm_batches
-    self.placement = placement
-    self.steps_per_epoch = math.ceil(data.num_train / settings.batch_size)
-    self._data = data
-    self._private_threads = private_threads
+    self.plan = plan
+    self.data = data
+    self.steps_per_epoch = (math.ceil(data.num_train / settings.batch_size)
+                            if data is not None else None)
     self.progress = hooks_helper.ProgressHook(settings.batch_size, self.steps_per_epoch)
     self.hooks = hooks_helper.get_train_hooks(settings.hooks, settings.model_dir,
-                                              settings.batch_size) + [self.progress]
+                                              settings.batch_size)
+    self.threads = session_config.gpu_thread_settings(
+        settings.inter_op_parallelism_threads, loop_settings.datasets_num_private_threads,
+        loop_settings.tf_gpu_thread_mode, loop_settings.per_gpu_thread_count)
+    self._input = None
+
+  def main(self, input_function, data_dir, facts, image_shape):
+    """The run, from model_dir's preparation to the export; see resnet_main."""
+    settings, cluster = self.settings, self.placement.cluster
+    self._input = (input_function, data_dir, _accepted(input_function, (
+        'datasets_num_private_threads', 'input_context', 'seed')))
+    if cluster.is_chief:
+      lifecycle.start(settings, KEEP_CHECKPOINTS, dict(
+          facts, replicas=self.placement.replicas, cluster=cluster.config.get('cluster')))
+    if cluster.distributed:
+      cluster_training.join(cluster)
+    self.classifier = self._make_estimator()
+    if cluster.distributed:
+      results = self.train_in_cluster()
+    else:
+      results = self.train_locally()
+    exported = lifecycle.export_if_asked(settings, self._export(image_shape), {}) if results else {}
+    return {'eval_results': results, 'train_hooks': self.hooks,
+            'export_path': exported.get('export_path')}
+
+  def _export(self, image_shape):
+    test_set = self.data.test_set if self.data is not None else None
+    return lambda export_dir: export.export_from_model_fn(
+        export_dir, self.model_fn, self.params, image_shape,
+        tf.train.latest_checkpoint(self.settings.model_dir), self.plan.dtype,
+        self.loop_settings.image_bytes_as_serving_input, test_set)
+
+  def _make_estimator(self):
+    settings, placement = self.settings, self.placement
+    config = session_config.make(self.threads['inter_op_parallelism_threads'],
+                                 settings.intra_op_parallelism_threads,
+                                 onednn_bf16=self.plan.onednn_bf16, allow_soft_placement=True)
+    run_config = tf.estimator.RunConfig(
+        train_distribute=placement.strategy,
+        eval_distribute=None if placement.cluster.distributed else placement.strategy,
+        model_dir=settings.model_dir, tf_random_seed=settings.seed, session_config=config,
+        save_checkpoints_secs=self.loop_settings.save_checkpoints_secs,
+        keep_checkpoint_max=KEEP_CHECKPOINTS, log_step_count_steps=1000,
+        session_creation_timeout_secs=self.cluster_timeout_s)
+    warm_start = None
+    if self.loop_settings.pretrained_model_checkpoint_path:
+      # Everything but the final dense layer, whose class count may differ.
+      warm_start = tf.estimator.WarmStartSettings(
+          self.loop_settings.pretrained_model_checkpoint_path, vars_to_warm_start='^(?!.*dense)')
+    return tf.estimator.Estimator(model_fn=self.model_fn, model_dir=settings.model_dir,
+                                  config=run_config, params=self.params,
+                                  warm_start_from=warm_start)
+
+  def _input_fn(self, is_training, num_epochs, input_context=None):
+    """The input function called with the keywords it takes. Under a strategy each replica's
+    call yields that replica's share of the batch; each worker of a cluster shuffles with its
+    own seed, so they do not train in lockstep."""
+    function, data_dir, accepted = self._input
+    optional = {'datasets_num_private_threads': self.threads['datasets_num_private_threads'],
+                'input_context': input_context}
+    if is_training:
+      optional['seed'] = self.settings.seed + (
+          input_context.input_pipeline_id if input_context else 0)
+    return function(is_training=is_training, data_dir=data_dir,
+                    batch_size=self.placement.replica_batch_size, num_epochs=num_epochs,
+                    dtype=self.params['dtype'],
+                    **{k: v for k, v in optional.items() if k in accepted})
 
   def train_input_fn(self, num_epochs, input_context=None):
-    # Under a strategy each replica's input_fn call yields that replica's share of the batch;
-    # each worker of a cluster shuffles with its own seed, so they do not train in lockstep.
-    pipeline = input_context.input_pipeline_id if input_context else 0
-    return self._data.input_fn(
-        is_training=True, batch_size=self.placement.replica_batch_size, num_epochs=num_epochs,
-        dtype=precision.tf_dtype(self.params['dtype']), seed=self.settings.seed + pipeline,
-        datasets_num_private_threads=self._private_threads)
+    return self._input_fn(True, num_epochs, input_context)
 
   def eval_input_fn(self):
-    return self._data.input_fn(is_training=False, batch_size=self.placement.replica_batch_size,
-                               num_epochs=1, dtype=precision.tf_dtype(self.params['dtype']))
+    return self._input_fn(False, 1)
 
   def evaluate(self, classifier=None):
-    results = (classifier or self.classifier).evaluate(input_fn=self.eval_input_fn)
+    # An input of unknown length may repeat forever (the Model Garden's synthetic one did);
+    # --max_train_steps then bounds the evaluation, as it did there.
+    steps = None if self.steps_per_epoch else self.settings.max_train_steps
+    results = (classifier or self.classifier).evaluate(input_fn=self.eval_input_fn, steps=steps)
     return {key: (value.item() if hasattr(value, 'item') else value)
             for key, value in results.items()}
 
   def max_steps(self, epochs):
+    """The global step that ends `epochs` epochs (capped by --max_train_steps); without a
+    known epoch length, --max_train_steps alone (None: the input's end)."""
+    if not self.steps_per_epoch:
+      return self.settings.max_train_steps
     steps = epochs * self.steps_per_epoch
     return min(steps, self.settings.max_train_steps or steps)
 
-  def train_locally(self, eval_only):
+  def train_locally(self):
     """Train/evaluate cycles of --epochs_between_evals to --train_epochs, one metrics.json
     record each, until a stop condition; returns the last evaluation."""
     settings = self.settings
     cycle_ends = list(range(settings.epochs_between_evals, settings.train_epochs,
                             settings.epochs_between_evals)) + [settings.train_epochs]
     results, previous_end = {}, 0
-    for cycle_end in ([] if eval_only else cycle_ends):
+    for cycle_end in ([] if self.loop_settings.eval_only else cycle_ends):
       results = self._cycle(previous_end, cycle_end)
       previous_end = cycle_end
       if lifecycle.should_stop(settings, results):
         break
     if not results:
       results = self.evaluate()
-      run_record.append_metrics(settings.model_dir,
-                                                 dict(results, event='eval_only'))
+      run_record.append_metrics(settings.model_dir, dict(results, event='eval_only'))
       print('Test accuracy %.4f' % results['accuracy'])
     return results
 
@@ -318,24 +379,26 @@ class _Loop(object):
     max_steps = self.max_steps(cycle_end)
     done = cluster_training.checkpoint_step(settings.model_dir)
     train_seconds, trained_steps = 0.0, 0
-    if done < max_steps:
+    if max_steps is None or done < max_steps:
       started = time.monotonic()
-      print('Training epochs %d-%d of %d (steps %d to %d)' % (
-          previous_end + 1, cycle_end, settings.train_epochs, done, max_steps))
+      print('Training epochs %d-%d of %d (steps %d to %s)' % (
+          previous_end + 1, cycle_end, settings.train_epochs, done, max_steps or 'the end'))
       with lifecycle.StopOnInterrupt() as stop:
         classifier.train(input_fn=lambda: self.train_input_fn(cycle_end - previous_end),
-                         hooks=self.hooks + [lifecycle.StopHook(stop)], max_steps=max_steps)
+                         hooks=self.hooks + [self.progress, lifecycle.StopHook(stop)],
+                         max_steps=max_steps)
       train_seconds = time.monotonic() - started
       trained_steps = classifier.get_variable_value('global_step') - done
       if stop.requested:
         lifecycle.interrupted(settings.model_dir, done + trained_steps)
-      if trained_steps and self.batch_norm_batches:
+      if trained_steps and self.loop_settings.batch_norm_batches:
         self.recompute_statistics()
     results = self.evaluate()
     run_record.append_metrics(settings.model_dir, lifecycle.epoch_record(
         cycle_end, results['global_step'], train_seconds, trained_steps * settings.batch_size,
         self.progress.mean_loss if trained_steps else None, self.progress.num_parameters,
-        evaluation=results, epochs_trained=trained_steps / self.steps_per_epoch))
+        evaluation=results, epochs_trained=(trained_steps / self.steps_per_epoch
+                                            if self.steps_per_epoch else None)))
     print('Epoch %d: test accuracy %.4f (top-5 %.4f), cross-entropy %.4f, loss with weight '
           'decay %.4f, %.1f s training' % (
               cycle_end, results['accuracy'], results['accuracy_top_5'],
@@ -347,17 +410,16 @@ class _Loop(object):
     """Batch-norm statistics of the latest checkpoint from its own weights (precise BN; see
     official/utils/batch_norm_statistics.py), so evaluation and export see the trained model."""
     started = time.monotonic()
-    epochs = 1 + math.ceil(  # enough batches on tiny data too
-        self.batch_norm_batches * self.placement.replica_batch_size / self._data.num_train)
+    batches = self.loop_settings.batch_norm_batches
     count = batch_norm_statistics.recompute(
-        self.model_fn, self.params, lambda: self.train_input_fn(epochs),
-        tf.train.latest_checkpoint(self.settings.model_dir), self.batch_norm_batches,
+        self.model_fn, self.params, lambda: self.train_input_fn(None),
+        tf.train.latest_checkpoint(self.settings.model_dir), batches,
         config=self.classifier.config.session_config)
     if count:
       print('Batch-norm statistics of %d layers recomputed over %d training batches (%.1f s)' %
-            (count // 2, self.batch_norm_batches, time.monotonic() - started))
+            (count // 2, batches, time.monotonic() - started))
 
-  def train_in_cluster(self, model_fn, timeout_s):
+  def train_in_cluster(self):
     """This process's part of a cluster run; the chief then recomputes the batch-norm
     statistics of the final checkpoint, evaluates and records it, so a cluster's run directory
     looks like a local one's. (The evaluator task evaluates checkpoints as they come, with the
@@ -367,15 +429,15 @@ class _Loop(object):
     goal = ('--max_train_steps' if max_steps == settings.max_train_steps else
             '%d epochs of %d steps' % (settings.train_epochs, self.steps_per_epoch))
     task_type, train_seconds, resumed = cluster_training.train_in_cluster(
-        self.classifier, self.placement.cluster, timeout_s, max_steps,
+        self.classifier, self.placement.cluster, self.cluster_timeout_s, max_steps,
         lambda input_context=None: self.train_input_fn(None, input_context),
-        self.eval_input_fn, self.hooks, goal)
+        self.eval_input_fn, self.hooks + [self.progress], goal)
     if task_type != 'chief':
       return {}
-    if self.batch_norm_batches and train_seconds:
+    if self.loop_settings.batch_norm_batches and train_seconds:
       self.recompute_statistics()
     results = self.evaluate(cluster_training.local_estimator(
-        model_fn, settings.model_dir, self.params, settings.seed))
+        self.model_fn, settings.model_dir, self.params, settings.seed))
     record = cluster_training.chief_record(
         results, train_seconds, resumed, self.steps_per_epoch, settings.batch_size,
         settings.train_epochs, self.progress, self.placement.cluster)
@@ -384,16 +446,3 @@ class _Loop(object):
           (results['global_step'], results['accuracy'], record['examples_per_second'],
            record['workers']))
     return results
-
-
-def export_resnet(export_dir, model_fn, params, image_shape, checkpoint_path, training_dtype,
-                  image_bytes_default=False, test_set=None):
-  """Exports the checkpoint through export.export_model: model_fn's PREDICT graph, computing
-  in params['dtype'] (float32 when bf16 came from the CPU rewrite, which exports leave out;
-  training_dtype records it)."""
-  def build_outputs(images):
-    spec = model_fn(images, None, tf.estimator.ModeKeys.PREDICT, params)
-    return spec.predictions
-  return export.export_model(export_dir, list(image_shape), build_outputs, checkpoint_path,
-                             params['dtype'], training_dtype,
-                             image_bytes_default=image_bytes_default, test_set=test_set)

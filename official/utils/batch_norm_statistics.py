@@ -15,7 +15,6 @@ memory (333 steps) the evaluations of such runs fell to 52-59% after epoch 2. RE
 has the runs.
 """
 
-import functools
 import os
 
 import numpy as np
@@ -53,9 +52,9 @@ def recompute(model_fn, params, input_fn, checkpoint_path, num_batches, config=N
 
   Args:
     model_fn: the Estimator model_fn that wrote the checkpoint; built here in TRAIN mode (so the
-      graph holds every variable of the checkpoint, optimizer slots included), its
-      params['model'] called with batch_norm_decay=0.0 so each step stores one batch's
-      statistics.
+      graph holds every variable of the checkpoint, optimizer slots included) with
+      params['batch_norm_decay'] = 0.0, which it must hand its model, so that each step stores
+      one batch's statistics (the models here do).
     params: the model_fn's params.
     input_fn: () -> Dataset of (features, labels): the training pipeline (augmented as in
       training: those are the statistics the weights were trained under).
@@ -66,14 +65,14 @@ def recompute(model_fn, params, input_fn, checkpoint_path, num_batches, config=N
     config: optional tf.compat.v1.ConfigProto.
 
   Raises:
-    StatisticsError: the model_fn's graph and the checkpoint disagree on their variables.
+    StatisticsError: the model_fn's graph and the checkpoint disagree on their variables, or
+      the model_fn ignored params['batch_norm_decay'].
   """
-  recompute_params = dict(params, model=functools.partial(params['model'],
-                                                          batch_norm_decay=0.0))
   with tf.Graph().as_default():
     iterator = tf.compat.v1.data.make_initializable_iterator(input_fn())
     features, labels = iterator.get_next()
-    model_fn(features, labels, tf.estimator.ModeKeys.TRAIN, recompute_params)
+    model_fn(features, labels, tf.estimator.ModeKeys.TRAIN, dict(params, batch_norm_decay=0.0))
+    _check_decay_is_zero(tf.compat.v1.get_default_graph())
     updates = tf.compat.v1.get_collection(tf.compat.v1.GraphKeys.UPDATE_OPS)
     moving = [variable for variable in tf.compat.v1.global_variables()
               if variable.op.name.rsplit('/', 1)[-1] in STATISTICS]
@@ -96,6 +95,18 @@ def recompute(model_fn, params, input_fn, checkpoint_path, num_batches, config=N
         variable.load((total / num_batches).astype(np.float32), sess)
       _save_in_place(sess, saver, checkpoint_path)
   return len(moving)
+
+
+def _check_decay_is_zero(graph):
+  """Each training batch norm must store its batch's statistics (exponential_avg_factor 1): a
+  model_fn that kept its moving averages' decay would leave them blended with the old ones."""
+  for op in graph.get_operations():
+    if op.type == 'FusedBatchNormV3' and op.get_attr('is_training'):
+      if op.get_attr('exponential_avg_factor') != 1.0:
+        raise StatisticsError(
+            'cannot recompute batch-norm statistics: the model_fn did not build %s with '
+            'params[\'batch_norm_decay\'] (0.0 here); pass it to the model, or run with '
+            '--batch_norm_batches=0' % op.name)
 
 
 def temporary_prefix(checkpoint_path):

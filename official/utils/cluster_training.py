@@ -30,42 +30,28 @@ class ClusterSettings(object):
   cluster_timeout_s: int
 
 
-# What resolve() settles: the TF_CONFIG-style cluster ({} when local), the strategy, the
-# replicas one step's --batch_size is split over, and each one's share of it.
+# What resolve() settles: this process's cluster (distribution_utils.Cluster), the strategy,
+# the replicas one step's --batch_size is split over, and each one's share of it.
 Placement = dataclasses.make_dataclass(
     'Placement', ['cluster', 'strategy', 'replicas', 'replica_batch_size'])
 
 
 def cluster_of(settings, environ=None):
-  """The cluster this process belongs to ({} when none), from TF_CONFIG or the host flags."""
-  return distribution_utils.cluster_config(
+  """The Cluster this process belongs to (not distributed when none), from TF_CONFIG or the
+  host flags: the run's one parse of either."""
+  return distribution_utils.describe_cluster(
       os.environ if environ is None else environ, settings.worker_hosts, settings.ps_hosts,
       settings.task_type, settings.task_index)
 
 
-def is_chief(cluster):
-  """Whether this process records the run in model_dir: a local run, or a cluster's chief."""
-  return distribution_utils.task_of(cluster)[0] == 'chief'
-
-
-def records_run(settings):
-  """is_chief for the cluster the flags and TF_CONFIG describe; False when they are wrong (a
-  misconfigured member must not mark the chief's run)."""
-  try:
-    return is_chief(cluster_of(settings))
-  except distribution_utils.DistributionError:
-    return False
-
-
-def resolve(settings, batch_size, stop_threshold=None, eval_only=False):
-  """Settles the cluster, strategy and replicas, refusing bad combinations with one line.
+def resolve(cluster, settings, batch_size, stop_threshold=None, eval_only=False):
+  """Settles the strategy and replicas for cluster, refusing bad combinations with one line.
 
   Raises:
     DistributionError: the cluster, strategy or flags do not fit together.
   """
-  cluster = cluster_of(settings)
-  distribution_utils.check_strategy_for_cluster(settings.distribution_strategy, cluster)
-  if cluster:
+  distribution_utils.check_strategy_for_cluster(settings.distribution_strategy, cluster.config)
+  if cluster.distributed:
     for name, value in (('stop_threshold', stop_threshold), ('eval_only', eval_only)):
       if value:
         raise distribution_utils.DistributionError(
@@ -86,16 +72,16 @@ def _replicas(name, strategy, cluster):
   if name in distribution_utils.CLUSTER_STRATEGIES:
     local = max(1, len(tf.config.list_physical_devices('GPU')))
     if name == 'multi_worker_mirrored':
-      return local * distribution_utils.training_workers(cluster)
+      return local * cluster.training_workers
     return local
   return distribution_utils.num_replicas(strategy)
 
 
 def join(cluster):
   """Puts the cluster in TF_CONFIG, where train_and_evaluate reads it, and says so."""
-  task_type, task_index = distribution_utils.task_of(cluster)
-  os.environ['TF_CONFIG'] = json.dumps(cluster)
-  print('Cluster member %s:%d of %s' % (task_type, task_index, json.dumps(cluster['cluster'])))
+  os.environ['TF_CONFIG'] = json.dumps(cluster.config)
+  print('Cluster member %s:%d of %s' % (cluster.task_type, cluster.task_index,
+                                        json.dumps(cluster.config['cluster'])))
   sys.stdout.flush()
 
 
@@ -110,15 +96,15 @@ def train_in_cluster(classifier, cluster, timeout_s, max_steps, train_input_fn, 
   Returns:
     (task type, training seconds, the step the chief resumed from).
   """
-  task_type, task_index = distribution_utils.task_of(cluster)
+  task_type, task_index = cluster.task_type, cluster.task_index
   model_dir = classifier.model_dir
   mark_failed = None
   if task_type == 'chief':
     mark_failed = lambda message: run_record.append_metrics(
         model_dir, {'event': 'failed', 'error': message})
-  watchdog = distribution_utils.PeerWatchdog(
-      distribution_utils.peers_to_reach(cluster), timeout_s,
-      startup_only=distribution_utils.startup_peers(cluster), on_failure=mark_failed)
+  watchdog = distribution_utils.PeerWatchdog(cluster.peers, timeout_s,
+                                             startup_only=cluster.startup_peers,
+                                             on_failure=mark_failed)
   watchdog.start()
   # Members that finish the last step leave; from then on this one needs no one.
   train_hooks = list(train_hooks) + [StopAtStepHook(watchdog.stop, max_steps)]
@@ -176,8 +162,8 @@ def chief_record(results, train_seconds, resumed_step, steps_per_epoch, batch_si
   return lifecycle.epoch_record(
       epochs, results['global_step'], train_seconds, trained_steps * batch_size,
       progress.mean_loss, progress.num_parameters, evaluation=results,
-      epochs_trained=trained_steps / steps_per_epoch,
-      workers=distribution_utils.training_workers(cluster))
+      epochs_trained=trained_steps / steps_per_epoch if steps_per_epoch else None,
+      workers=cluster.training_workers)
 
 
 class StopAtStepHook(tf.compat.v1.train.SessionRunHook):

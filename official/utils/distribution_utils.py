@@ -6,8 +6,12 @@ cluster strategies need a cluster, from the TF_CONFIG environment variable or fr
 flags (--worker_hosts, --ps_hosts, --task_type, --task_index); a malformed one fails at start,
 naming what is wrong, and a member that cannot reach the others fails after a bounded wait,
 naming the address (PeerWatchdog).
+
+A process's cluster is parsed once, into a frozen `Cluster` (describe_cluster), which everything
+after reads instead of the TF_CONFIG text.
 """
 
+import dataclasses
 import json
 import os
 import socket
@@ -27,6 +31,8 @@ FLAG_TASK_TYPES = ('worker', 'ps', 'evaluator')
 
 class DistributionError(ValueError):
   """A strategy or cluster setting that cannot work (the mains print it and exit 1)."""
+
+
 TASK_TYPES = ('chief', 'worker', 'ps', 'evaluator')
 
 
@@ -110,6 +116,40 @@ def cluster_config(environ, worker_hosts=None, ps_hosts=None, task_type='worker'
   if from_flags and from_environ:
     raise DistributionError('both TF_CONFIG and --worker_hosts describe a cluster; give one')
   return from_flags or from_environ
+
+
+@dataclasses.dataclass(frozen=True)
+class Cluster(object):
+  """This process's cluster, parsed once: the TF_CONFIG dict (config; {} when the run is
+  local) and what the run loop needs of it."""
+  config: dict
+  task_type: str
+  task_index: int
+  training_workers: int
+  peers: dict  # peers_to_reach
+  startup_peers: frozenset
+
+  @property
+  def is_chief(self):
+    """Whether this process records the run in model_dir: a local run, or a cluster's chief."""
+    return self.task_type == 'chief'
+
+  @property
+  def distributed(self):
+    return bool(self.config)
+
+
+def describe_cluster(environ, worker_hosts=None, ps_hosts=None, task_type='worker',
+                     task_index=0):
+  """The Cluster of this process, from TF_CONFIG in environ or the host flags (the one place
+  either is parsed).
+
+  Raises:
+    DistributionError: see parse_tf_config, tf_config_from_flags and cluster_config.
+  """
+  config = cluster_config(environ, worker_hosts, ps_hosts, task_type, task_index)
+  return Cluster(config, *task_of(config), training_workers(config), peers_to_reach(config),
+                 frozenset(startup_peers(config)))
 
 
 def _check_known_strategy(name):

@@ -13,7 +13,10 @@ each is also there under the Estimator's other name (`predict`, `image_bytes:pre
 ResNet exports had while the Estimator wrote them.
 
 A model exports with `export_model(export_dir, image_shape, build_outputs, checkpoint, ...)`:
-build_outputs(images) builds its inference graph, whose variables the checkpoint restores.
+build_outputs(images) builds its inference graph, whose variables the checkpoint restores;
+Estimator models with `export_from_model_fn`, whose graph is their model_fn's PREDICT graph.
+`image_bytes_serving_input_fn` is the Model Garden's receiver of encoded images, for
+`Estimator.export_saved_model`.
 """
 
 import json
@@ -83,6 +86,23 @@ def decode_image_batch(image_bytes, image_shape, dtype=tf.float32):
   images = tf.map_fn(lambda one: _decode_image(one, height, width, num_channels), image_bytes,
                      fn_output_signature=tf.float32)
   return tf.cast(images, dtype)
+
+
+def image_bytes_serving_input_fn(image_shape, dtype=tf.float32):
+  """The Model Garden's serving input receiver of encoded images (its r1 name and signature).
+
+  Takes `image_bytes` [N] string (PNG/JPEG/GIF/BMP), decodes each image and fits it to
+  image_shape [h, w, c] as decode_image_batch does (in [0, 1], resized with antialiasing; the
+  Model Garden's cropped to the centre and resized for ImageNet).
+
+  Returns:
+    tf.estimator.export.TensorServingInputReceiver of images [N, h, w, c] in dtype.
+  """
+  image_bytes_list = tf.compat.v1.placeholder(shape=[None], dtype=tf.string,
+                                              name='input_tensor')
+  images = decode_image_batch(image_bytes_list, image_shape, dtype)
+  return tf.estimator.export.TensorServingInputReceiver(images,
+                                                        {IMAGE_BYTES_INPUT: image_bytes_list})
 
 
 def serving_inputs(image_shape, accept_flat=False):
@@ -177,6 +197,18 @@ def export_model(export_dir, image_shape, build_outputs, checkpoint_path, comput
                                for dtype in dtypes}
     write_serving_info(path, info)
   return export_atomically(export_dir, write)
+
+
+def export_from_model_fn(export_dir, model_fn, params, image_shape, checkpoint_path,
+                         training_dtype, image_bytes_default=False, test_set=None):
+  """export_model of an Estimator model: model_fn's PREDICT graph, computing in
+  params['dtype'] (float32 when bf16 came from the CPU rewrite, which exports leave out;
+  training_dtype records it)."""
+  def build_outputs(images):
+    return model_fn(images, None, tf.estimator.ModeKeys.PREDICT, params).predictions
+  return export_model(export_dir, list(image_shape), build_outputs, checkpoint_path,
+                      precision.dtype_name(params['dtype']), training_dtype,
+                      image_bytes_default=image_bytes_default, test_set=test_set)
 
 
 def measure_accuracy(saved_model_dir, images, labels, dtype, batch_size=500):

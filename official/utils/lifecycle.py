@@ -1,7 +1,8 @@
 """The run lifecycle every model's loop shares, from the entry point to the export.
 
-  run_main(run_fn, flags_obj)        quiet logs; a user error is one line and exit 1; the run's
-                                     ending (finished, failed, interrupted) marked in metrics.json
+  run_main(run, log_hooks)           quiet logs; a user error is one line and exit 1
+  recording(model_dir)               the run's ending (finished, failed, interrupted) marked in
+                                     metrics.json
   settings_from_flags(cls, flags)    the entry point's one read of the flags, as a frozen value
   start(settings, keep, facts)       --clean, model_dir checks and recovery (prepare), flags.json
                                      (record_flags); returns the checkpoint to resume from
@@ -11,9 +12,10 @@
   export_if_asked(settings, fn)      --export_dir
 
 The AlexNet Session loop (mnist_cnn/alexnet_main.py) and the Estimator loop
-(official/resnet/resnet_run_loop.py) call these, and so does every model still to come.
+(official/resnet/resnet_run_loop.resnet_main) call these, and so does every model still to come.
 """
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -209,30 +211,32 @@ def _mark(model_dir, event, **fields):
       pass  # the original error matters more than the mark
 
 
-def run_main(run_fn, flags_obj, user_errors=(), records_run=True):
-  """Runs run_fn(flags_obj) as a command: quiet TF logging, one line and exit 1 for errors of
-  the user's making, and the run's ending marked in its metrics.json.
-
-  TF's INFO log is noise here, except for the output of hooks the user asked for (--hooks).
-
-  Args:
-    user_errors: exception types beyond USER_ERRORS that are the user's to fix.
-    records_run: False for processes that must not mark model_dir (a cluster's non-chiefs).
-  """
-  tf.compat.v1.logging.set_verbosity(
-      tf.compat.v1.logging.INFO if flags_obj.hooks else tf.compat.v1.logging.ERROR)
-  model_dir = getattr(flags_obj, 'model_dir', None) if records_run else None
+@contextlib.contextmanager
+def recording(model_dir, user_errors=()):
+  """Marks how the run inside ended in model_dir's metrics.json: `finished`, `failed` (with the
+  error: its message for USER_ERRORS and user_errors, its type and message otherwise) or
+  `interrupted` (with the step of the last checkpoint). model_dir None marks nothing (a
+  cluster's non-chiefs: the chief records the run)."""
   try:
-    result = run_fn(flags_obj)
-  except USER_ERRORS + tuple(user_errors) as e:
-    _mark(model_dir, 'failed', error=str(e))
-    sys.exit('error: %s' % e)
+    yield
   except KeyboardInterrupt as e:
     step = getattr(e, 'global_step', None)
     _mark(model_dir, 'interrupted', **({} if step is None else {'global_step': step}))
     raise
   except Exception as e:
-    _mark(model_dir, 'failed', error='%s: %s' % (type(e).__name__, e))
+    known = isinstance(e, USER_ERRORS + tuple(user_errors))
+    _mark(model_dir, 'failed', error=str(e) if known else '%s: %s' % (type(e).__name__, e))
     raise
   _mark(model_dir, 'finished')
-  return result
+
+
+def run_main(run, log_hooks=False, user_errors=()):
+  """Runs run() as a command and returns what it returns: TF's INFO log only when hooks that
+  print there were asked for (log_hooks), and an error of the user's making (USER_ERRORS and
+  user_errors) as one line and exit status 1 instead of a traceback."""
+  tf.compat.v1.logging.set_verbosity(
+      tf.compat.v1.logging.INFO if log_hooks else tf.compat.v1.logging.ERROR)
+  try:
+    return run()
+  except USER_ERRORS + tuple(user_errors) as e:
+    sys.exit('error: %s' % e)

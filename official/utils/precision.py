@@ -102,15 +102,23 @@ def settle_dtype(dtype, fallback, has_gpu=False):
   return dtype_used
 
 
-def tf_dtype(name):
-  """The TensorFlow dtype of a --dtype name."""
+def tf_dtype(dtype):
+  """The TensorFlow dtype of a --dtype name (a TensorFlow dtype, as the Model Garden's params
+  hold, is returned as it is)."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  return tf.as_dtype(DTYPES[name][0])
+  return tf.as_dtype(DTYPES[dtype][0] if dtype in DTYPES else dtype)
 
 
-def default_loss_scale(name):
-  """The loss scale a --dtype needs when none is given (128 for fp16, else 1)."""
-  return DTYPES[name][1]
+def dtype_name(dtype):
+  """The --dtype name of a TensorFlow dtype or a --dtype name."""
+  names = {tf_name: name for name, (tf_name, _) in DTYPES.items()}
+  return dtype if dtype in DTYPES else names[tf_dtype(dtype).name]
+
+
+def default_loss_scale(dtype):
+  """The loss scale a --dtype (name or TensorFlow dtype) needs when none is given (128 for
+  fp16, else 1)."""
+  return DTYPES[dtype_name(dtype)][1]
 
 
 def plan(dtype_used, has_gpu=False):

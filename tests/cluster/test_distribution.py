@@ -179,7 +179,7 @@ flag_values = flags.FlagValues()
 resnet_main.define_mnist_flags(flag_values)
 flag_values(['resnet_main'] + sys.argv[1:])
 try:
-  results = resnet_main.run_resnet(flag_values)
+  results = resnet_main.run_resnet(flag_values)["eval_results"]
 except ValueError as e:
   print('ERROR', e)
   sys.exit(3)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mnist_cnn import cifar10_data
-from mnist_cnn import datasets
-from mnist_cnn import input_data
+from official.data import array_input
+from official.data import cifar10 as cifar10_data
+from official.data import datasets
 from tests.conftest import cifar10_records
 from tests.conftest import write_cifar10_dir
 
@@ -147,7 +147,7 @@ def test_synthetic_and_loaded_data_share_one_shape():
 
 def _augmented(image, shift, flip, draws):
   with tf.Graph().as_default():
-    out = input_data.augment(tf.constant(image), shift, flip)
+    out = array_input.augment(tf.constant(image), shift, flip)
     with tf.compat.v1.Session() as sess:
       return [sess.run(out) for _ in range(draws)]
 

@@ -15,6 +15,9 @@ import pytest
 import tensorflow as tf
 
 from mnist_cnn import input_data
+from official.data import array_input
+from official.data import idx
+from official.data import raw_data
 from tests import conftest
 
 
@@ -33,8 +36,8 @@ def _raw(directory, name):
 
 
 def _load_error(directory):
-  with pytest.raises(input_data.IdxFormatError) as info:
-    input_data.load_idx_dataset(directory, source_url=None)
+  with pytest.raises(idx.IdxFormatError) as info:
+    idx.load_idx_dataset(directory, source_url=None)
   return str(info.value)
 
 
@@ -43,7 +46,7 @@ def test_gzip_and_plain_files_load_the_same_arrays(tmp_path):
   expected = conftest.write_idx_dir(gz_dir, seed=3)
   conftest.write_idx_dir(plain_dir, seed=3, compress=False)
   for directory in (gz_dir, plain_dir):
-    raw = input_data.load_idx_dataset(directory, source_url=None)
+    raw = idx.load_idx_dataset(directory, source_url=None)
     np.testing.assert_array_equal(raw.train_images, expected[0])
     np.testing.assert_array_equal(raw.train_labels, expected[1])
     np.testing.assert_array_equal(raw.test_images, expected[2])
@@ -84,16 +87,16 @@ def test_validation_size_larger_than_the_training_file_is_rejected(idx_dir):
 
 
 def test_bad_magic_number_names_file_and_magic(idx_dir):
-  data = bytearray(_raw(idx_dir, input_data.TRAIN_LABELS))
+  data = bytearray(_raw(idx_dir, idx.TRAIN_LABELS))
   data[3] = 0x03  # 2051: an images magic in a labels file
-  _gzip_rewrite(idx_dir, input_data.TRAIN_LABELS, bytes(data))
+  _gzip_rewrite(idx_dir, idx.TRAIN_LABELS, bytes(data))
   message = _load_error(idx_dir)
   assert message.startswith('train-labels-idx1-ubyte.gz: bad magic number 2051, expected 2049')
 
 
 def test_truncated_image_file_names_file_and_expected_size(idx_dir):
-  data = _raw(idx_dir, input_data.TEST_IMAGES)
-  _gzip_rewrite(idx_dir, input_data.TEST_IMAGES, data[:16 + 4096])
+  data = _raw(idx_dir, idx.TEST_IMAGES)
+  _gzip_rewrite(idx_dir, idx.TEST_IMAGES, data[:16 + 4096])
   message = _load_error(idx_dir)
   assert message.startswith('t10k-images-idx3-ubyte.gz: header says 20 images of 28x28 but '
                             'the file holds 4096 bytes of pixels (expected 15680)')
@@ -101,54 +104,54 @@ def test_truncated_image_file_names_file_and_expected_size(idx_dir):
 
 
 def test_trailing_bytes_are_reported(idx_dir):
-  data = _raw(idx_dir, input_data.TRAIN_LABELS)
-  _gzip_rewrite(idx_dir, input_data.TRAIN_LABELS, data + b'\x00\x01')
+  data = _raw(idx_dir, idx.TRAIN_LABELS)
+  _gzip_rewrite(idx_dir, idx.TRAIN_LABELS, data + b'\x00\x01')
   assert 'train-labels-idx1-ubyte.gz: header says 60 labels but the file holds 62' in (
       _load_error(idx_dir))
 
 
 def test_truncated_header_is_reported(idx_dir):
-  _gzip_rewrite(idx_dir, input_data.TEST_IMAGES, _raw(idx_dir, input_data.TEST_IMAGES)[:10])
+  _gzip_rewrite(idx_dir, idx.TEST_IMAGES, _raw(idx_dir, idx.TEST_IMAGES)[:10])
   assert _load_error(idx_dir).startswith('t10k-images-idx3-ubyte.gz: header is truncated')
 
 
 def test_image_and_label_count_mismatch_names_both_files(idx_dir):
-  labels = _raw(idx_dir, input_data.TEST_LABELS)
+  labels = _raw(idx_dir, idx.TEST_LABELS)
   fewer = labels[:4] + (19).to_bytes(4, 'big') + labels[8:8 + 19]
-  _gzip_rewrite(idx_dir, input_data.TEST_LABELS, fewer)
+  _gzip_rewrite(idx_dir, idx.TEST_LABELS, fewer)
   assert _load_error(idx_dir) == (
       't10k-labels-idx1-ubyte.gz: holds 19 labels but t10k-images-idx3-ubyte.gz holds 20 images')
 
 
 def test_label_out_of_range_names_file_index_and_range(idx_dir):
-  labels = bytearray(_raw(idx_dir, input_data.TEST_LABELS))
+  labels = bytearray(_raw(idx_dir, idx.TEST_LABELS))
   labels[8 + 5] = 12
-  _gzip_rewrite(idx_dir, input_data.TEST_LABELS, bytes(labels))
+  _gzip_rewrite(idx_dir, idx.TEST_LABELS, bytes(labels))
   message = _load_error(idx_dir)
   assert message.startswith('t10k-labels-idx1-ubyte.gz: label 12 at index 5 is outside the '
                             'range 0..9')
 
 
 def test_label_out_of_explicit_class_count(idx_dir):
-  with pytest.raises(input_data.IdxFormatError, match=r'train-labels-idx1-ubyte.gz: label \d+ '
+  with pytest.raises(idx.IdxFormatError, match=r'train-labels-idx1-ubyte.gz: label \d+ '
                      r'at index \d+ is outside the range 0..4 \(num_classes=5\)'):
-    input_data.load_idx_dataset(idx_dir, num_classes=5, source_url=None)
+    idx.load_idx_dataset(idx_dir, num_classes=5, source_url=None)
 
 
 def test_corrupt_gzip_stream_is_reported_not_a_zlib_traceback(idx_dir):
-  path = os.path.join(idx_dir, input_data.TRAIN_IMAGES)
+  path = os.path.join(idx_dir, idx.TRAIN_IMAGES)
   with open(path, 'rb') as f:
     data = bytearray(f.read())
   data[len(data) // 2:len(data) // 2 + 20] = b'\xff' * 20
-  _rewrite(idx_dir, input_data.TRAIN_IMAGES, bytes(data))
+  _rewrite(idx_dir, idx.TRAIN_IMAGES, bytes(data))
   assert _load_error(idx_dir).startswith('train-images-idx3-ubyte.gz: corrupt gzip stream')
 
 
 def test_cut_gzip_stream_is_reported(idx_dir):
-  path = os.path.join(idx_dir, input_data.TRAIN_IMAGES)
+  path = os.path.join(idx_dir, idx.TRAIN_IMAGES)
   with open(path, 'rb') as f:
     data = f.read()
-  _rewrite(idx_dir, input_data.TRAIN_IMAGES, data[:len(data) // 2])
+  _rewrite(idx_dir, idx.TRAIN_IMAGES, data[:len(data) // 2])
   assert _load_error(idx_dir).startswith('train-images-idx3-ubyte.gz: corrupt gzip stream')
 
 
@@ -156,9 +159,9 @@ def test_missing_files_offline_name_directory_files_and_both_fixes(tmp_path):
   directory = str(tmp_path / 'empty')
   os.makedirs(directory)
   conftest.write_idx_dir(directory)
-  os.remove(os.path.join(directory, input_data.TEST_LABELS))
+  os.remove(os.path.join(directory, idx.TEST_LABELS))
   with pytest.raises(FileNotFoundError) as info:
-    input_data.load_idx_dataset(directory, source_url=None)
+    idx.load_idx_dataset(directory, source_url=None)
   message = str(info.value)
   assert directory in message
   assert 't10k-labels-idx1-ubyte.gz' in message and 'train-images' not in message
@@ -170,7 +173,7 @@ def test_unreachable_mirror_gives_the_same_clear_error(tmp_path):
     probe.bind(('127.0.0.1', 0))
     port = probe.getsockname()[1]
   with pytest.raises(FileNotFoundError, match='download from http://127.0.0.1:%d/ failed' % port):
-    input_data.maybe_download(str(tmp_path / 'd'), source_url='http://127.0.0.1:%d/' % port,
+    idx.maybe_download(str(tmp_path / 'd'), source_url='http://127.0.0.1:%d/' % port,
                               timeout=5)
   assert not os.path.exists(tmp_path / 'd')
 
@@ -181,7 +184,7 @@ def mirror(tmp_path):
   served = str(tmp_path / 'served')
   conftest.write_idx_dir(served)
   sums = {}
-  for name in input_data.FILE_NAMES:
+  for name in idx.FILE_NAMES:
     with open(os.path.join(served, name), 'rb') as f:
       sums[name] = hashlib.md5(f.read()).hexdigest()
   handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=served)
@@ -197,20 +200,20 @@ def mirror(tmp_path):
 def test_missing_files_are_downloaded_and_verified(tmp_path, mirror):
   url, sums = mirror
   target = str(tmp_path / 'target')
-  paths = input_data.maybe_download(target, source_url=url, checksums=sums)
-  assert sorted(os.listdir(target)) == sorted(input_data.FILE_NAMES)
-  assert input_data.read_idx_file(paths[input_data.TRAIN_IMAGES],
-                                  input_data.IMAGES_MAGIC).shape == (60, 28, 28)
+  paths = idx.maybe_download(target, source_url=url, checksums=sums)
+  assert sorted(os.listdir(target)) == sorted(idx.FILE_NAMES)
+  assert idx.read_idx_file(paths[idx.TRAIN_IMAGES],
+                                  idx.IMAGES_MAGIC).shape == (60, 28, 28)
 
 
 def test_download_with_wrong_checksum_leaves_no_file(tmp_path, mirror):
   url, sums = mirror
   target = str(tmp_path / 'target')
-  bad = dict(sums, **{input_data.TRAIN_IMAGES: '0' * 32})
-  with pytest.raises(input_data.IdxFormatError, match='train-images-idx3-ubyte.gz: downloaded '
+  bad = dict(sums, **{idx.TRAIN_IMAGES: '0' * 32})
+  with pytest.raises(idx.IdxFormatError, match='train-images-idx3-ubyte.gz: downloaded '
                      'from .* but its md5 .* is not the expected 0000'):
-    input_data.maybe_download(target, source_url=url, checksums=bad)
-  assert input_data.TRAIN_IMAGES not in os.listdir(target)
+    idx.maybe_download(target, source_url=url, checksums=bad)
+  assert idx.TRAIN_IMAGES not in os.listdir(target)
   assert not [n for n in os.listdir(target) if n.startswith('.download-')]
 
 
@@ -218,7 +221,7 @@ def test_data_dir_that_is_a_file_is_rejected(tmp_path):
   path = tmp_path / 'file'
   path.write_text('x')
   with pytest.raises(NotADirectoryError, match='is a file'):
-    input_data.load_idx_dataset(str(path))
+    idx.load_idx_dataset(str(path))
 
 
 def test_next_batch_covers_every_example_once_per_epoch():
@@ -318,23 +321,23 @@ def test_synthetic_data_goes_through_the_same_pipeline_and_covers_all_classes():
   raw = input_data.load_data('/nonexistent', use_synthetic_data=True, seed=3)
   assert raw.describe() == {'image_shape': [28, 28, 1], 'num_classes': 10,
                             'train_examples': 1024, 'test_examples': 256}
-  batches = _take(lambda: input_data.raw_input_fn(raw, True, batch_size=512, seed=0), 1)
+  batches = _take(lambda: array_input.raw_input_fn(raw, True, batch_size=512, seed=0), 1)
   images, labels = batches[0]
   assert images.shape == (512, 28, 28, 1) and images.dtype == np.float32
   assert labels.dtype == np.int32
   assert sorted(set(labels)) == list(range(10))
   again = input_data.load_data('/nonexistent', use_synthetic_data=True, seed=3)
   np.testing.assert_array_equal(again.train_images, raw.train_images)  # seeded
-  assert not np.array_equal(input_data.synthetic_raw_data(seed=4).train_images,
+  assert not np.array_equal(raw_data.synthetic_raw_data(seed=4).train_images,
                             raw.train_images)
 
 
 def test_a_data_dir_is_read_once_whichever_way_it_is_named(idx_dir, monkeypatch):
   calls = []
-  real = input_data.load_idx_dataset
-  monkeypatch.setattr(input_data, 'load_idx_dataset',
+  real = idx.load_idx_dataset
+  monkeypatch.setattr(idx, 'load_idx_dataset',
                       lambda *args: calls.append(args) or real(*args))
-  input_data._load_cached.cache_clear()  # pylint: disable=protected-access
+  idx._load_cached.cache_clear()  # pylint: disable=protected-access
   first = input_data.load_data(idx_dir)
   relative = os.path.relpath(idx_dir)
   _take(lambda: input_data.input_fn(True, relative + os.sep, batch_size=8), 1)
@@ -346,7 +349,7 @@ def test_a_data_dir_is_read_once_whichever_way_it_is_named(idx_dir, monkeypatch)
 def test_training_shifts_move_digits_by_at_most_the_given_pixels():
   image = np.zeros((1, 28, 28), np.uint8)
   image[0, 10:12, 10:12] = 255
-  batches = _take(lambda: input_data.arrays_input_fn(
+  batches = _take(lambda: array_input.arrays_input_fn(
       np.repeat(image, 64, 0), np.zeros(64, np.uint8), True, 64, shift_pixels=2, seed=0), 1)
   rows, cols = np.nonzero(batches[0][0][..., 0] > 0.5)[1:]
   assert rows.min() >= 8 and rows.max() <= 13 and cols.min() >= 8 and cols.max() <= 13
@@ -361,7 +364,7 @@ def test_synthetic_data_sets_label_every_class():
 
 def test_data_error_exits_with_one_clear_line(idx_dir):
   """The AlexNet main turns a broken file into one stderr line and a non-zero exit."""
-  _gzip_rewrite(idx_dir, input_data.TRAIN_LABELS, b'\x00\x00\x08\x01\x00\x00\x00\x05ab')
+  _gzip_rewrite(idx_dir, idx.TRAIN_LABELS, b'\x00\x00\x08\x01\x00\x00\x00\x05ab')
   result = subprocess.run(
       [sys.executable, '-m', 'mnist_cnn.alexnet_main', '--data_dir=%s' % idx_dir,
        '--model_dir=%s' % os.path.join(idx_dir, 'model')],

@@ -44,6 +44,8 @@ def test_run_trains_resumes_and_exports(tmp_path, learnable_idx_dir):
       common + ['--train_epochs=3', '--export_dir=%s' % export_dir]))
   assert resumed['epoch'] == 3 and resumed['global_step'] == 3 * 7
   records = run_record.read_metrics(model_dir)
+  assert [r.get('event') for r in records if 'epoch' not in r] == ['finished', 'finished']
+  records = [r for r in records if 'epoch' in r]
   assert [r['epoch'] for r in records] == [1, 2, 3]
   assert all(0 <= r['accuracy'] <= 1 and r['test_examples'] == 100 for r in records)
   assert resumed['accuracy'] > 0.5  # the bands are easy to learn
@@ -83,6 +85,7 @@ def test_run_trains_resumes_and_exports(tmp_path, learnable_idx_dir):
   assert exported_classes == list(logits.argmax(1))
 
 
+@pytest.mark.slow
 def test_stop_threshold_and_max_train_steps_end_the_run_early(tmp_path, learnable_idx_dir):
   common = ['--data_dir=%s' % learnable_idx_dir, '--optimizer=adam', '--learning_rate=0.001',
             '--batch_size=50', '--train_epochs=20', '--validation_size=50']
@@ -94,6 +97,7 @@ def test_stop_threshold_and_max_train_steps_end_the_run_early(tmp_path, learnabl
   assert capped['global_step'] == 10
 
 
+@pytest.mark.slow
 def test_hooks_run_inside_the_session_loop(tmp_path, capsys):
   result = alexnet_main.run_alexnet(make_flags([
       '--use_synthetic_data', '--model_dir=%s' % tmp_path, '--train_epochs=1',

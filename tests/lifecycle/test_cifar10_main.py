@@ -34,23 +34,37 @@ def test_defaults_are_the_model_garden_s():
   f = make_flags()
   assert (f.dataset, f.resnet_size, f.train_epochs, f.batch_size, f.weight_decay,
           f.base_learning_rate, f.lr_schedule, f.epochs_between_evals, f.momentum) == (
-              'cifar10', 56, 182, 128, 2e-4, 0.1, 'step', 10, 0.9)
+              'cifar10', '56', 182, 128, 2e-4, 0.1, 'step', 10, 0.9)
+
+
+def _model_garden_params(**overrides):
+  """The params the Model Garden's resnet_main gave cifar10_model_fn: none of the recipe's."""
+  return dict({'resnet_size': 8, 'data_format': 'channels_last', 'batch_size': 256,
+               'resnet_version': 2, 'loss_scale': 1, 'dtype': tf.float32,
+               'fine_tune': False}, **overrides)
 
 
 def test_schedule_divides_by_ten_at_epochs_91_and_136_of_182_scaled_to_the_batch():
-  f = make_flags(['--batch_size=256'])
-  params = cifar10_main.model_params(f, model_helpers.FakeRaw(num_train=50000),
-                                       model_helpers.FP32_PLAN)
   steps_per_epoch = 50000 / 256
-  with tf.Graph().as_default(), tf.compat.v1.Session() as sess:
+  with tf.Graph().as_default() as graph, tf.compat.v1.Session() as sess:
+    images = tf.zeros([2, 32, 32, 3])
+    cifar10_main.cifar10_model_fn(images, tf.constant([0, 1]), tf.estimator.ModeKeys.TRAIN,
+                                  _model_garden_params())
     step = tf.compat.v1.placeholder(tf.int64, [])
-    rate = params['learning_rate_fn'](step)
-    rates = [sess.run(rate, {step: int(epoch * steps_per_epoch)})
-             for epoch in (0, 90, 92, 135, 137, 181)]
+    set_step = tf.compat.v1.train.get_global_step().assign(step)
+    rate = graph.get_tensor_by_name('learning_rate:0')
+    sess.run(tf.compat.v1.global_variables_initializer())
+    rates = []
+    for epoch in (0, 90, 92, 135, 137, 181):
+      sess.run(set_step, {step: int(epoch * steps_per_epoch)})
+      rates.append(sess.run(rate))
+    # Weight decay 2e-4 on every variable, batch-norm gamma and beta included.
+    variables = tf.compat.v1.trainable_variables()
+    assert any('batch_normalization' in v.name for v in variables)
+    l2_loss, values = sess.run([graph.get_tensor_by_name('l2_loss:0'), variables])
   np.testing.assert_allclose(rates, [0.2, 0.2, 0.02, 0.02, 0.002, 0.002], rtol=1e-5)
-  # Weight decay on every variable, batch-norm gamma and beta included.
-  assert params['loss_filter_fn']('resnet_model/batch_normalization/gamma:0')
-  assert params['weight_decay'] == 2e-4
+  expected = 2e-4 * sum(float(np.sum(v.astype(np.float64) ** 2)) / 2 for v in values)
+  assert l2_loss == pytest.approx(expected, rel=1e-4)
 
 
 def _serve(export_path, signature_name, input_name, value):
@@ -68,12 +82,13 @@ def test_end_to_end_on_tiny_binary_files_with_export_loaded_in_a_fresh_process(
   argv = ['--data_dir=%s' % os.path.dirname(cifar10_dir), '--model_dir=%s' % model_dir,
           '--resnet_size=8', '--train_epochs=2', '--epochs_between_evals=1',
           '--batch_size=10', '--batch_norm_batches=2', '--export_dir=%s' % export_dir]
-  results = cifar10_main.run_cifar(make_flags(argv))
+  stats = cifar10_main.run_cifar(make_flags(argv))
+  results = dict(stats['eval_results'], export_path=stats['export_path'])
   assert results['global_step'] == 2 * 4 and 0 <= results['accuracy'] <= 1
   with open(os.path.join(model_dir, 'flags.json')) as f:
     recorded = json.load(f)
   assert (recorded['model'], recorded['dataset_name'], recorded['image_shape'],
-          recorded['resnet_size']) == ('resnet', 'CIFAR-10', [32, 32, 3], 8)
+          recorded['resnet_size']) == ('resnet', 'CIFAR-10', [32, 32, 3], '8')
   assert recorded['augmentation'] == {'shift_pixels': 4, 'flip': True}
   assert export.read_serving_info(results['export_path'])['image_shape'] == [32, 32, 3]
 
@@ -82,10 +97,8 @@ def test_end_to_end_on_tiny_binary_files_with_export_loaded_in_a_fresh_process(
   exported, names = model_helpers.exported_probabilities(results['export_path'], images,
                                                          tmp_path)
   assert exported.shape == (3, 10) and names
-  f = make_flags(argv)
-  params = cifar10_main.model_params(f, model_helpers.FakeRaw(num_train=40),
-                                     model_helpers.FP32_PLAN)
-  predicted = model_helpers.estimator_probabilities(model_dir, params, images)
+  predicted = model_helpers.estimator_probabilities(
+      model_dir, _model_garden_params(batch_size=10), images, cifar10_main.cifar10_model_fn)
   np.testing.assert_allclose(exported, predicted, atol=1e-5)
   # The image-bytes signature decodes colour PNGs to the 32x32x3 the model trained on, and a
   # grey one to three equal channels.

@@ -60,9 +60,10 @@ def test_end_to_end_on_tiny_idx_data_with_export_loaded_in_a_fresh_process(
   results = _run_main(tmp_path, learnable_idx_dir, [
       '--train_epochs=2', '--epochs_between_evals=2', '--export_dir=%s' % export_dir,
       '--seed=3'])
-  assert results['global_step'] == 2 * 8  # 400 images / 50
+  assert results['eval_results']['global_step'] == 2 * 8  # 400 images / 50
   model_dir = str(tmp_path / 'model')
-  assert [r['epoch'] for r in run_record.read_metrics(model_dir)] == [2]
+  assert [r.get('epoch', r.get('event')) for r in run_record.read_metrics(model_dir)] == [
+      2, 'finished']
   with open(os.path.join(model_dir, 'flags.json')) as f:
     recorded = json.load(f)
   assert recorded['model'] == 'googlenet' and recorded['stem'] == 'mnist'
@@ -75,17 +76,17 @@ def test_end_to_end_on_tiny_idx_data_with_export_loaded_in_a_fresh_process(
                                                          tmp_path)
   assert exported.shape == (4, 10)
   assert names and not [name for name in names if 'Aux' in name]
-  f = make_flags(['--data_dir=%s' % learnable_idx_dir] + SMALL)
-  params = googlenet_main.model_params(f, model_helpers.FakeRaw(),
-                                          model_helpers.FP32_PLAN)
-  predicted = model_helpers.estimator_probabilities(model_dir, params, images)
+  predicted = model_helpers.estimator_probabilities(
+      model_dir, {'width_multiplier': 0.125}, images, googlenet_main.googlenet_model_fn)
   np.testing.assert_allclose(exported, predicted, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_without_aux_loss_weight_no_auxiliary_heads_are_built(tmp_path, learnable_idx_dir):
   results = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=1', '--aux_loss_weight=0',
                                                     '--stem=imagenet', '--max_train_steps=2',
                                                     '--batch_norm_batches=0'])
+  results = results['eval_results']
   assert results['global_step'] == 2 and 0 <= results['accuracy'] <= 1
   checkpoint = tf.train.latest_checkpoint(str(tmp_path / 'model'))
   stored = [name for name, _ in tf.train.list_variables(checkpoint)]
@@ -98,12 +99,12 @@ def test_resume_in_bf16_under_the_mirrored_strategy(tmp_path, learnable_idx_dir)
   extra = ['--dtype=bf16', '--distribution_strategy=mirrored', '--num_gpus=0',
            '--batch_norm_batches=0']
   first = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=1'] + extra)
-  assert first['global_step'] == 8  # 400 images / 50
+  assert first['eval_results']['global_step'] == 8  # 400 images / 50
   second = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=2'] + extra)
-  assert second['global_step'] == 16
+  assert second['eval_results']['global_step'] == 16
   model_dir = str(tmp_path / 'model')
   # The rerun records epoch 1 again (already trained: 0 s), then trains epoch 2.
-  records = run_record.read_metrics(model_dir)
+  records = [r for r in run_record.read_metrics(model_dir) if 'epoch' in r]
   assert [r['epoch'] for r in records] == [1, 1, 2] and records[1]['seconds'] == 0.0
   with open(os.path.join(model_dir, 'flags.json')) as f:
     recorded = json.load(f)

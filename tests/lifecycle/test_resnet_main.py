@@ -59,44 +59,47 @@ def _run_main(tmp_path, data_dir, extra=(), name='model'):
 def test_end_to_end_on_tiny_idx_data_with_export_loaded_in_a_fresh_process(
     tmp_path, learnable_idx_dir):
   export_dir = str(tmp_path / 'export')
-  results = _run_main(tmp_path, learnable_idx_dir, [
+  stats = _run_main(tmp_path, learnable_idx_dir, [
       '--train_epochs=2', '--export_dir=%s' % export_dir, '--shift_pixels=0',
       '--hooks=LoggingTensorHook,ExamplesPerSecondHook'])
+  results = stats['eval_results']
   assert results['global_step'] == 2 * 8  # 400 images / 50
   assert 0 <= results['accuracy'] <= 1 and 'accuracy_top_5' in results
+  assert len(stats['train_hooks']) == 2
   model_dir = str(tmp_path / 'model')
   records = run_record.read_metrics(model_dir)
-  assert [r['epoch'] for r in records] == [1, 2]
+  assert [r.get('epoch', r.get('event')) for r in records] == [1, 2, 'finished']
   with open(os.path.join(model_dir, 'flags.json')) as f:
     recorded = json.load(f)
   assert recorded['resnet_size'] == '18' and recorded['model'] == 'resnet'
-  version = os.path.basename(results['export_path'])
+  version = os.path.basename(stats['export_path'])
   assert version.isdigit() and os.listdir(export_dir) == [version]
 
   images = np.random.RandomState(1).rand(4, 28, 28, 1).astype(np.float32)
-  exported, _ = model_helpers.exported_probabilities(results['export_path'], images, tmp_path)
+  exported, _ = model_helpers.exported_probabilities(stats['export_path'], images, tmp_path)
   assert exported.shape == (4, 10)
 
   # The Estimator's own predictions from the checkpoint agree with the export.
-  predicted = model_helpers.estimator_probabilities(
-      model_dir, model_helpers.resnet_params(model=lambda dtype: resnet_main.MnistModel(
-          18, 10, num_filters=4, data_format='channels_last', dtype=dtype)), images)
+  predicted = model_helpers.estimator_probabilities(model_dir, model_helpers.resnet_params(),
+                                                    images)
   np.testing.assert_allclose(exported, predicted, atol=1e-5)
 
 
 @pytest.mark.slow
 def test_resume_continues_to_the_target_and_does_not_retrain(tmp_path, learnable_idx_dir):
   first = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=1'])
-  assert first['global_step'] == 8
+  assert first['eval_results']['global_step'] == 8
   second = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=2'])
-  assert second['global_step'] == 16
+  assert second['eval_results']['global_step'] == 16
   again = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=2'])
-  assert again['global_step'] == 16
+  assert again['eval_results']['global_step'] == 16
   records = run_record.read_metrics(str(tmp_path / 'model'))
-  assert [r['epoch'] for r in records] == [1, 1, 2, 1, 2]
-  assert records[-1]['seconds'] == 0.0  # nothing left to train
+  assert [r.get('epoch', r.get('event')) for r in records] == [
+      1, 'finished', 1, 2, 'finished', 1, 2, 'finished']
+  assert records[-2]['seconds'] == 0.0  # nothing left to train
 
 
+@pytest.mark.slow
 def test_stop_threshold_stops_after_the_first_evaluation_that_reaches_it(
     tmp_path, learnable_idx_dir):
   results = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=5',
@@ -106,9 +109,10 @@ def test_stop_threshold_stops_after_the_first_evaluation_that_reaches_it(
   epochs = [r for r in run_record.read_metrics(str(tmp_path / 'model')) if 'epoch' in r]
   assert epochs[-1]['accuracy'] >= 0.01 and len(epochs) < 5
   assert all(r['accuracy'] < 0.01 for r in epochs[:-1])
-  assert results['global_step'] == 8 * len(epochs)
+  assert results['eval_results']['global_step'] == 8 * len(epochs)
 
 
+@pytest.mark.slow
 def test_each_cycle_recomputes_batch_norm_statistics_before_evaluating(
     tmp_path, learnable_idx_dir, capsys):
   _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=2', '--batch_norm_batches=3'])
@@ -120,7 +124,7 @@ def test_each_cycle_recomputes_batch_norm_statistics_before_evaluating(
   assert recorded['batch_norm_decay_used'] == pytest.approx(0.9)
   assert recorded['lr_schedule'] == 'cosine' and recorded['batch_norm_batches'] == 3
   assert not [f for f in os.listdir(str(tmp_path / 'model')) if 'tmp' in f]
-  _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=3', '--batch_norm_batches=0'],
+  _run_main(tmp_path, learnable_idx_dir, ['--max_train_steps=2', '--batch_norm_batches=0'],
             name='plain')
   assert 'recomputed' not in capsys.readouterr().out
 
@@ -132,7 +136,7 @@ def test_synthetic_data_run_with_max_train_steps_and_image_bytes_export(tmp_path
       '--use_synthetic_data', '--model_dir=%s' % (tmp_path / 'model'), '--num_filters=4',
       '--batch_size=8', '--max_train_steps=2', '--export_dir=%s' % export_dir,
       '--image_bytes_as_serving_input']))
-  assert results['global_step'] == 2
+  assert results['eval_results']['global_step'] == 2
   png = tf.io.encode_png(tf.cast(tf.random.uniform([40, 30, 3], maxval=255), tf.uint8))
   fn = tf.saved_model.load(results['export_path']).signatures['serving_default']
   out = fn(image_bytes=tf.stack([png, png]))
@@ -140,10 +144,11 @@ def test_synthetic_data_run_with_max_train_steps_and_image_bytes_export(tmp_path
   assert out['classes'].dtype == tf.int64
 
 
+@pytest.mark.slow
 def test_eval_only_evaluates_the_existing_checkpoint(tmp_path, learnable_idx_dir):
   _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=1'])
   results = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=3', '--eval_only'])
-  assert results['global_step'] == 8
+  assert results['eval_results']['global_step'] == 8
 
 
 def test_broken_data_file_exits_with_one_line(tmp_path, learnable_idx_dir):

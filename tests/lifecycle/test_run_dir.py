@@ -36,9 +36,10 @@ def _alexnet(data_dir, model_dir, *extra):
 
 
 def _resnet(model_dir, *extra):
+  """The last evaluation of a tiny synthetic ResNet run."""
   return resnet_main.run_resnet(conftest.parse_flags(resnet_main.define_mnist_flags, [
       '--use_synthetic_data', '--model_dir=' + model_dir, '--num_filters=4', '--batch_size=8',
-      '--save_checkpoints_secs=1'] + list(extra)))
+      '--save_checkpoints_secs=1'] + list(extra)))['eval_results']
 
 
 def _steps(model_dir):
@@ -69,6 +70,7 @@ def data_dir(tmp_path):
 ################################################################################
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('damage', ['garbage_state_file', 'newest_index_deleted'])
 def test_alexnet_resumes_from_the_newest_intact_checkpoint(tmp_path, data_dir, capsys, damage):
   model_dir = str(tmp_path / 'model')
@@ -215,6 +217,7 @@ def test_epoch_record_reaches_metrics_even_when_killed_after_the_checkpoint(tmp_
   assert len(run_record.read_metrics(model_dir)) == 1
 
 
+@pytest.mark.slow
 def test_resnet_prunes_checkpoints_beyond_its_limit_on_start(tmp_path):
   model_dir = str(tmp_path / 'model')
   _resnet(model_dir, '--max_train_steps=2', '--train_epochs=1')

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from official.resnet import resnet_run_loop
+from mnist_cnn import resnet_main
 from official.utils import batch_norm_statistics
 from official.utils import run_dir
 from tests import model_helpers
@@ -32,8 +32,8 @@ def _checkpoint(model_dir):
   with tf.Graph().as_default():
     features, labels = tf.compat.v1.data.make_one_shot_iterator(
         _input_fn().repeat()).get_next()
-    spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
-                                           model_helpers.resnet_params())
+    spec = model_helpers.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
+                                  model_helpers.resnet_params())
     saver = tf.compat.v1.train.Saver()
     with tf.compat.v1.Session() as sess:
       sess.run(tf.compat.v1.global_variables_initializer())
@@ -47,7 +47,7 @@ def _expected_first_statistics(checkpoint):
   over the batches, computed here from the stem's output with numpy."""
   with tf.Graph().as_default() as graph:
     images = tf.compat.v1.placeholder(tf.float32, [None, 28, 28, 1])
-    model_helpers.resnet_params()['model'](tf.float32)(images, True)
+    resnet_main.MnistModel(18, 'channels_last', num_filters=4)(images, True)
     stem = graph.get_tensor_by_name('resnet_model/initial_max_pool:0')
     saver = tf.compat.v1.train.Saver(tf.compat.v1.global_variables())
     with tf.compat.v1.Session() as sess:
@@ -66,7 +66,7 @@ def test_statistics_are_the_mean_of_batch_statistics_and_nothing_else_changes(tm
   before = {name: tf.train.load_variable(checkpoint, name)
             for name, _ in tf.train.list_variables(checkpoint)}
   state = (tmp_path / 'checkpoint').read_text()
-  count = batch_norm_statistics.recompute(resnet_run_loop.resnet_model_fn,
+  count = batch_norm_statistics.recompute(model_helpers.model_fn,
                                           model_helpers.resnet_params(), _input_fn, checkpoint,
                                           NUM_BATCHES)
   after = {name: tf.train.load_variable(checkpoint, name) for name in before}
@@ -89,7 +89,7 @@ def test_a_checkpoint_of_another_model_is_refused_and_left_alone(tmp_path):
 
   def without_optimizer(features, labels, mode, params):  # its graph lacks the momentum slots
     del mode
-    return resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.EVAL, params)
+    return model_helpers.model_fn(features, labels, tf.estimator.ModeKeys.EVAL, params)
 
   with pytest.raises(batch_norm_statistics.StatisticsError, match='variables differ'):
     batch_norm_statistics.recompute(without_optimizer, model_helpers.resnet_params(), _input_fn,
@@ -110,3 +110,19 @@ def test_files_a_killed_recomputation_left_are_removed_at_the_next_start(tmp_pat
   assert not any(os.path.exists(path) for path in left)
   assert sorted(f for f in os.listdir(str(tmp_path))
                 if f.startswith('model.ckpt')) == checkpoint_files
+
+
+def test_a_model_fn_that_keeps_its_own_decay_is_refused_and_the_checkpoint_left_alone(
+    tmp_path):
+  checkpoint = _checkpoint(str(tmp_path))
+  files = {f: (tmp_path / f).read_bytes() for f in os.listdir(str(tmp_path))}
+
+  def ignores_the_decay(features, labels, mode, params):
+    return model_helpers.model_fn(features, labels, mode, dict(params, batch_norm_decay=0.997))
+
+  with pytest.raises(batch_norm_statistics.StatisticsError,
+                     match=r"did not build .* with params\['batch_norm_decay'\].*"
+                           r"--batch_norm_batches=0"):
+    batch_norm_statistics.recompute(ignores_the_decay, model_helpers.resnet_params(), _input_fn,
+                                    checkpoint, NUM_BATCHES)
+  assert {f: (tmp_path / f).read_bytes() for f in os.listdir(str(tmp_path))} == files

@@ -1,5 +1,6 @@
 """bf16 on the CPU: detection, fallback or refusal, and bf16 graphs that train."""
 
+import functools
 import json
 import os
 
@@ -11,11 +12,10 @@ import tensorflow as tf
 from mnist_cnn import alexnet_main
 from mnist_cnn import alexnet_model
 from mnist_cnn import input_data
-from mnist_cnn import resnet_main
-from official.resnet import resnet_run_loop
 from official.utils import lifecycle
 from official.utils import precision
 from tests import conftest
+from tests import model_helpers
 
 NATIVE_BF16 = precision.cpu_supports_bf16()
 
@@ -89,11 +89,8 @@ def test_resnet_bf16_model_fn_trains_with_float32_variables():
     tf.compat.v1.train.create_global_step()
     images = tf.constant(np.random.RandomState(0).rand(8, 28, 28, 1).astype(np.float32))
     labels = tf.constant(np.arange(8) % 10, dtype=tf.int32)
-    params = {'model': lambda d: resnet_main.MnistModel(18, 10, num_filters=4, dtype=d,
-                                                        data_format='channels_last'),
-              'num_classes': 10, 'weight_decay': 1e-4, 'momentum': 0.9, 'dtype': 'bf16',
-              'learning_rate_fn': lambda step: tf.constant(0.05)}
-    spec = resnet_run_loop.resnet_model_fn(images, labels, tf.estimator.ModeKeys.TRAIN, params)
+    spec = model_helpers.model_fn(images, labels, tf.estimator.ModeKeys.TRAIN,
+                                  model_helpers.resnet_params(dtype='bf16'))
     logits_dtypes = {op.outputs[0].dtype for op in tf.compat.v1.get_default_graph()
                      .get_operations() if op.type == 'Conv2D'}
     with tf.compat.v1.Session() as sess:
@@ -134,7 +131,7 @@ def test_refused_bf16_leaves_an_existing_run_untouched(tmp_path, learnable_idx_d
       '--data_dir=' + learnable_idx_dir, '--model_dir=%s' % model_dir, '--clean',
       '--dtype=bf16', '--bf16_fallback=error'])
   with pytest.raises(SystemExit) as exit_info:
-    lifecycle.run_main(alexnet_main.run_alexnet, flag_values,
+    lifecycle.run_main(functools.partial(alexnet_main.run_alexnet, flag_values),
                        user_errors=input_data.DATA_ERRORS)
   assert 'neither AVX512-BF16 nor AMX' in str(exit_info.value.code)
   assert sorted(os.listdir(str(model_dir))) == ['checkpoint']  # --clean did not run

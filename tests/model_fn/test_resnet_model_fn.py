@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from official.resnet import resnet_run_loop
 from official.utils import batch_norm_statistics
 from official.utils import learning_rate
 from official.utils.logs import hooks_helper
@@ -20,8 +19,8 @@ def _features_and_labels(batch=6):
 def test_model_fn_predict_mode_gives_classes_and_probabilities():
   with tf.Graph().as_default():
     features, _ = _features_and_labels()
-    spec = resnet_run_loop.resnet_model_fn(features, None, tf.estimator.ModeKeys.PREDICT,
-                                           model_helpers.resnet_params())
+    spec = model_helpers.model_fn(features, None, tf.estimator.ModeKeys.PREDICT,
+                                  model_helpers.resnet_params())
     assert spec.predictions['classes'].dtype == tf.int64
     assert spec.predictions['probabilities'].shape.as_list() == [6, 10]
     assert 'predict' in spec.export_outputs
@@ -30,7 +29,7 @@ def test_model_fn_predict_mode_gives_classes_and_probabilities():
 def test_model_fn_eval_mode_gives_loss_and_accuracy_metrics():
   with tf.Graph().as_default():
     features, labels = _features_and_labels()
-    spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.EVAL,
+    spec = model_helpers.model_fn(features, labels, tf.estimator.ModeKeys.EVAL,
                                            model_helpers.resnet_params())
     assert set(spec.eval_metric_ops) == {'accuracy', 'accuracy_top_5', 'cross_entropy'}
     assert spec.train_op is None
@@ -44,7 +43,7 @@ def test_model_fn_eval_mode_gives_loss_and_accuracy_metrics():
 def test_model_fn_train_mode_trains_every_variable_with_a_finite_loss(dtype):
   with tf.Graph().as_default() as graph:
     features, labels = _features_and_labels()
-    spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
+    spec = model_helpers.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
                                            model_helpers.resnet_params(dtype=dtype))
     assert spec.loss.dtype == tf.float32
     for name in hooks_helper.TENSORS_TO_LOG.values():
@@ -65,7 +64,7 @@ def test_model_fn_train_mode_trains_every_variable_with_a_finite_loss(dtype):
 def test_batch_norm_updates_moving_averages_during_training():
   with tf.Graph().as_default():
     features, labels = _features_and_labels()
-    spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
+    spec = model_helpers.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
                                            model_helpers.resnet_params())
     moving = [v for v in tf.compat.v1.global_variables() if 'moving_mean' in v.name]
     with tf.compat.v1.Session() as sess:
@@ -77,7 +76,7 @@ def test_batch_norm_updates_moving_averages_during_training():
 def test_weight_decay_excludes_batch_norm_variables():
   with tf.Graph().as_default() as graph:
     features, labels = _features_and_labels()
-    resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
+    model_helpers.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
                                     model_helpers.resnet_params(weight_decay=0.01))
     variables = tf.compat.v1.trainable_variables()
     l2_loss = graph.get_tensor_by_name('l2_loss:0')
@@ -95,7 +94,7 @@ def test_weight_decay_excludes_batch_norm_variables():
 def test_fine_tune_trains_only_the_dense_layer():
   with tf.Graph().as_default():
     features, labels = _features_and_labels()
-    spec = resnet_run_loop.resnet_model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
+    spec = model_helpers.model_fn(features, labels, tf.estimator.ModeKeys.TRAIN,
                                            model_helpers.resnet_params(fine_tune=True))
     variables = tf.compat.v1.trainable_variables()
     with tf.compat.v1.Session() as sess:

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from mnist_cnn import googlenet_model
-from official.resnet import resnet_run_loop
+from official.utils import classifier_model_fn
 
 # Table 1 of the paper, written out here independently of the model file:
 # (input channels, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj).
@@ -134,31 +134,25 @@ def test_bad_configurations_are_refused(kwargs, message):
 
 
 class Recording(object):
-  """A params['model'] that keeps what the network returned, for checking the loss."""
+  """A GoogLeNet that keeps what the network returned, for checking the loss."""
 
   def __init__(self, **config):
-    self.config = config
+    self.model = googlenet_model.GoogLeNet(10, batch_norm_decay=0.9, **config)
     self.outputs = None
 
-  def __call__(self, dtype, batch_norm_decay=0.9):
-    model = googlenet_model.GoogLeNet(10, dtype=dtype, batch_norm_decay=batch_norm_decay,
-                                      **self.config)
-
-    def call(inputs, training):
-      self.outputs = model(inputs, training)
-      return self.outputs
-    return call
+  def __call__(self, inputs, training):
+    self.outputs = self.model(inputs, training)
+    return self.outputs
 
 
 def train_spec(recording, aux_loss_weight, batch=8):
   rng = np.random.RandomState(0)
   images = tf.constant(rng.rand(batch, 28, 28, 1).astype(np.float32))
   labels = tf.constant(rng.randint(0, 10, batch).astype(np.int32))
-  params = {'model': recording, 'num_classes': 10, 'weight_decay': 1e-4, 'momentum': 0.9,
-            'dtype': 'fp32', 'learning_rate_fn': lambda step: tf.constant(0.01),
-            'aux_loss_weight': aux_loss_weight}
-  return resnet_run_loop.resnet_model_fn(images, labels, tf.estimator.ModeKeys.TRAIN,
-                                         params), labels
+  return classifier_model_fn.estimator_spec(
+      images, labels, tf.estimator.ModeKeys.TRAIN, recording, weight_decay=1e-4,
+      learning_rate_fn=lambda step: tf.constant(0.01), momentum=0.9,
+      aux_loss_weight=aux_loss_weight), labels
 
 
 def softmax_cross_entropy(logits, labels):

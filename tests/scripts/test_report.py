@@ -1,5 +1,6 @@
 """The comparison page generator on small synthetic run directories and one real tiny run."""
 
+import functools
 import json
 import os
 import subprocess
@@ -182,15 +183,15 @@ def test_resnet_losses_and_parameters_come_from_older_runs_files(tmp_path):
 
 
 def test_a_real_run_records_what_the_report_needs(tmp_path, learnable_idx_dir):
-  """lifecycle.run_main marks the ending; the AlexNet main records losses and its parameter count."""
+  """The run marks its ending; the AlexNet main records losses and its parameter count."""
   model_dir = str(tmp_path / 'runs' / 'tiny')
   flag_values = flags.FlagValues()
   alexnet_main.define_alexnet_flags(flag_values)
   flag_values(['prog', '--data_dir=' + learnable_idx_dir, '--model_dir=' + model_dir,
                '--train_epochs=2', '--batch_size=50', '--optimizer=adam',
                '--learning_rate=0.001', '--init=he', '--validation_size=0'])
-  lifecycle.run_main(alexnet_main.run_alexnet, flag_values,
-                       user_errors=input_data.DATA_ERRORS)
+  lifecycle.run_main(functools.partial(alexnet_main.run_alexnet, flag_values),
+                     user_errors=input_data.DATA_ERRORS)
   run, = report.load_runs([str(tmp_path / 'runs')], use_tf_fallbacks=False)
   assert run.status == 'ok'
   assert run.model == 'alexnet'
@@ -198,12 +199,10 @@ def test_a_real_run_records_what_the_report_needs(tmp_path, learnable_idx_dir):
   assert all(p['train_loss'] > 0 for p in run.points)
   assert run.num_parameters > 1000000
 
-  def crash(flags_obj):
-    run_record.append_metrics(flags_obj.model_dir, {'epoch': 3, 'seconds': 1.0})
+  # A crash inside a run that lifecycle.recording owns marks it failed, with the error.
+  with pytest.raises(RuntimeError), lifecycle.recording(model_dir):
+    run_record.append_metrics(model_dir, {'epoch': 3, 'seconds': 1.0})
     raise RuntimeError('out of memory')
-  flag_values.train_epochs = 4
-  with pytest.raises(RuntimeError):
-    lifecycle.run_main(crash, flag_values)
   run, = report.load_runs([str(tmp_path / 'runs')], use_tf_fallbacks=False)
   assert run.status == 'failed: RuntimeError: out of memory'
 

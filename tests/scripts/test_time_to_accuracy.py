@@ -56,6 +56,7 @@ def test_unreached_target_says_so_and_exits_1(learnable_idx_dir, tmp_path):
   assert row[3:6] == ['no', '-', '2'] and float(row[6]) < 0.9 and row[7] == 'ok'
 
 
+@pytest.mark.slow
 def test_seeds_run_one_after_another_with_median_and_max(learnable_idx_dir, tmp_path):
   result = _run(learnable_idx_dir, 0.5, tmp_path, ['--train_epochs=3'],
                 ['--seeds=2', '--first_seed=5'])
@@ -74,6 +75,7 @@ def test_seeds_run_one_after_another_with_median_and_max(learnable_idx_dir, tmp_
       assert json.load(f)['seed'] == seed
 
 
+@pytest.mark.slow
 def test_config_reads_the_flag_file_and_later_flags_override_it(learnable_idx_dir, tmp_path):
   # alexnet_fast's schedule with this test's tiny-data flags after it
   result = _run(learnable_idx_dir, 0.5, tmp_path, ['--train_epochs=2'],

@@ -49,7 +49,7 @@ def test_exports_record_their_dtypes_and_test_accuracy(exports):
     assert info['training_dtype'] == 'fp32' and info['image_shape'] == [28, 28, 1]
     assert sorted(info['test_accuracy']) == (['bf16', 'fp32'] if NATIVE_BF16 else ['fp32'])
   # The fp32 figure is the run's own final evaluation of the same weights on the same images.
-  run_dir = os.path.join(os.path.dirname(os.path.dirname(exports['alexnet'])), 'alexnet')
+  run_dir = os.path.join(os.path.dirname(os.path.dirname(exports['alexnet'])), 'model')
   with open(os.path.join(run_dir, 'metrics.json')) as f:
     evaluated = [json.loads(line) for line in f if '"accuracy"' in line][-1]['accuracy']
   recorded = export.read_serving_info(exports['alexnet'])['test_accuracy']

@@ -25,7 +25,18 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
 _ONE_IMAGE = np.zeros((28, 28, 1)).tolist()
 
 
-@pytest.mark.parametrize('model', ['alexnet', 'resnet', 'googlenet'])
+@pytest.fixture(scope='module')
+def read_only_server(exports, tmp_path_factory):
+  """One AlexNet server for the tests that only send requests and check the answers."""
+  base = tmp_path_factory.mktemp('read_only_models')
+  server_helpers.publish(exports['alexnet'], base, 1)
+  one = server_helpers.Server(base)
+  yield one
+  one.stop()
+
+
+@pytest.mark.parametrize('model', ['alexnet', pytest.param('resnet', marks=pytest.mark.slow),
+                                   pytest.param('googlenet', marks=pytest.mark.slow)])
 def test_rest_predictions_equal_in_process_ones(exports, tmp_path, model):
   base = tmp_path / 'models'
   base.mkdir()
@@ -60,13 +71,13 @@ def test_rest_predictions_equal_in_process_ones(exports, tmp_path, model):
     assert server.stop() == 0
 
 
-def test_status_and_metadata_are_tf_serving_shaped(alexnet_server):
-  status, body = alexnet_server.request('GET', '/v1/models/mnist')
+def test_status_and_metadata_are_tf_serving_shaped(read_only_server):
+  status, body = read_only_server.request('GET', '/v1/models/mnist')
   assert status == 200
   assert body == {'model_version_status': [{
       'version': '1', 'state': 'AVAILABLE', 'status': {'error_code': 'OK', 'error_message': ''}}]}
-  assert alexnet_server.request('GET', '/v1/models/mnist/versions/1') == (200, body)
-  status, metadata = alexnet_server.request('GET', '/v1/models/mnist/versions/1/metadata')
+  assert read_only_server.request('GET', '/v1/models/mnist/versions/1') == (200, body)
+  status, metadata = read_only_server.request('GET', '/v1/models/mnist/versions/1/metadata')
   assert status == 200
   assert metadata['model_spec'] == {'name': 'mnist', 'signature_name': '', 'version': '1'}
   signature_defs = metadata['metadata']['signature_def']['signature_def']
@@ -120,12 +131,12 @@ def test_status_and_metadata_are_tf_serving_shaped(alexnet_server):
     ('POST', '/v1/models/mnist', '{}', 405, 'use GET'),
     ('GET', '/v2/models/mnist', None, 404, 'Malformed request'),
 ])
-def test_bad_requests_get_tf_serving_errors(alexnet_server, method, path, body, status,
+def test_bad_requests_get_tf_serving_errors(read_only_server, method, path, body, status,
                                             message):
-  got_status, got = alexnet_server.request(method, path, body)
+  got_status, got = read_only_server.request(method, path, body)
   assert got_status == status, got
   assert list(got) == ['error'] and message in got['error'], got
-  assert alexnet_server.request('GET', '/v1/models/mnist')[0] == 200
+  assert read_only_server.request('GET', '/v1/models/mnist')[0] == 200
 
 
 def test_body_over_the_limit_gets_413_and_the_server_goes_on(exports, serve_dir):
@@ -304,6 +315,7 @@ def test_predict_cli_classifies_image_files(exports, tmp_path):
     assert line.startswith('%s: class %d (%.4f); top 3: ' % (path, best, probabilities[best]))
 
 
+@pytest.mark.slow
 def test_predict_cli_reports_files_that_are_not_images(exports, tmp_path):
   text = tmp_path / 'notes.txt'
   text.write_text('not an image')

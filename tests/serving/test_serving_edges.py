@@ -222,6 +222,7 @@ def test_gif_bmp_and_jpeg_digits_get_the_pngs_class(shared_server, exports, tmp_
     assert 'class %d ' % classes[seed, 'PNG'] in line, line
 
 
+@pytest.mark.slow
 def test_predict_cli_refuses_a_bomb_from_its_header(exports, tmp_path):
   bomb = tmp_path / 'bomb.png'
   bomb.write_bytes(serving_abuse.png_bomb(20000))
@@ -363,6 +364,7 @@ def test_repeated_log_messages_are_held_back_and_counted():
                    '60 s)', 'something else']
 
 
+@pytest.mark.slow
 def test_stray_unicode_digit_directory_does_not_stop_version_polling(server, exports):
   s = server()
   (s.base / '\u00b2').mkdir()
@@ -370,6 +372,7 @@ def test_stray_unicode_digit_directory_does_not_stop_version_polling(server, exp
   server_helpers.wait_for_version(s, '2')
 
 
+@pytest.mark.slow
 def test_half_copied_version_is_retried_and_a_deleted_one_unloaded(server, exports):
   s = server()
   partial = s.base / '2'

@@ -3,12 +3,17 @@
 Entry points call `define_base_flags()`, add their own flags, and set their defaults with a
 single `set_defaults(...)`. Flags are read once in `main` and passed down; nothing below an
 entry point reads `flags.FLAGS`.
+
+Where the Model Garden's official/utils/flags define the same flag, it has the Model Garden's
+short name too (`-dd`, `-md`, `-te`, `-ebe`, `-bs`, `-st`, `-mts`, `-ed`, `-hk`, `-synth`,
+`-inter`, `-intra`, `-dt`), so its command lines run unchanged.
 """
 
 import os
 
 from absl import flags
 
+from official.data import datasets
 from official.utils import precision
 
 # Hook names accepted by --hooks; official.utils.logs.hooks_helper builds them.
@@ -33,11 +38,6 @@ def _not_a_file(name, flag_values):
       flag_values=flag_values)
 
 
-# The --dataset values (mnist_cnn/datasets.py reads them; the flags layer sits below it).
-DATASETS = ('mnist', 'cifar10')
-TFDS_PREFIX = 'tfds:'
-
-
 def define_base_flags(flag_values=flags.FLAGS):
   """Defines the shared flags: data, run length, checkpoints, export, seeds, threads.
 
@@ -50,44 +50,46 @@ def define_base_flags(flag_values=flags.FLAGS):
                       'dataset in that format), cifar10 (the CIFAR-10 binary version) or '
                       'tfds:<name> (an image-classification dataset of tensorflow-datasets, '
                       'with --data_dir as its data directory).', **fv)
-  flags.DEFINE_string('data_dir', '/tmp/mnist_data',
+  flags.DEFINE_string('data_dir', '/tmp/mnist_data', short_name='dd', help=
                       'Directory of the data: the four IDX files (gzip or plain), the CIFAR-10 '
                       '.bin files (or the directory above cifar-10-batches-bin), or the TFDS '
                       'data directory. Missing data is downloaded there when online.', **fv)
-  flags.DEFINE_string('model_dir', '/tmp/mnist_model',
+  flags.DEFINE_string('model_dir', '/tmp/mnist_model', short_name='md', help=
                       'Directory for checkpoints, summaries, flags.json and metrics.json. A '
                       'rerun with the same directory resumes from its latest checkpoint.', **fv)
   flags.DEFINE_boolean('clean', False, 'Delete --model_dir before training (starts afresh).', **fv)
-  flags.DEFINE_integer('train_epochs', 1, 'Epochs to train for in total.', **fv)
-  flags.DEFINE_integer('epochs_between_evals', 1, 'Epochs of training between evaluations.', **fv)
-  flags.DEFINE_integer('batch_size', 32, 'Training batch size (global, across all devices).', **fv)
-  flags.DEFINE_float('stop_threshold', None,
+  flags.DEFINE_integer('train_epochs', 1, 'Epochs to train for in total.', short_name='te', **fv)
+  flags.DEFINE_integer('epochs_between_evals', 1, 'Epochs of training between evaluations.',
+                       short_name='ebe', **fv)
+  flags.DEFINE_integer('batch_size', 32, 'Training batch size (global, across all devices).',
+                       short_name='bs', **fv)
+  flags.DEFINE_float('stop_threshold', None, short_name='st', help=
                      'Stop training once an evaluation reaches this test accuracy (0..1).', **fv)
-  flags.DEFINE_integer('max_train_steps', None,
+  flags.DEFINE_integer('max_train_steps', None, short_name='mts', help=
                        'Stop after this many training steps in total, whatever --train_epochs '
                        'says.', **fv)
-  flags.DEFINE_string('export_dir', None,
+  flags.DEFINE_string('export_dir', None, short_name='ed', help=
                       'Export a SavedModel to <export_dir>/<integer version>/ after training.',
                       **fv)
-  flags.DEFINE_list('hooks', [],
+  flags.DEFINE_list('hooks', [], short_name='hk', help=
                     'Training hooks, comma-separated, case-insensitive: %s.' %
                     ', '.join(HOOK_NAMES), **fv)
-  flags.DEFINE_boolean('use_synthetic_data', False,
+  flags.DEFINE_boolean('use_synthetic_data', False, short_name='synth', help=
                        'Train and evaluate on random data instead of reading --data_dir.', **fv)
   flags.DEFINE_integer('seed', 0, 'Seed for weight initialisation, shuffling and dropout.', **fv)
   flags.DEFINE_enum('bf16_fallback', 'fp32', list(precision.FALLBACKS),
                     'What --dtype=bf16 does on a CPU without AVX512-BF16 or AMX, where bfloat16 '
                     'is emulated and slow: train in fp32 with a warning, or stop with an error.',
                     **fv)
-  flags.DEFINE_integer('inter_op_parallelism_threads', 0,
+  flags.DEFINE_integer('inter_op_parallelism_threads', 0, short_name='inter', help=
                        'Threads running independent ops (0: TensorFlow chooses).', **fv)
-  flags.DEFINE_integer('intra_op_parallelism_threads', 0,
+  flags.DEFINE_integer('intra_op_parallelism_threads', 0, short_name='intra', help=
                        'Threads inside one op (0: TensorFlow chooses).', **fv)
 
   _not_a_file('data_dir', flag_values)
   flags.register_validator(
-      'dataset', lambda v: v in DATASETS or (v.startswith(TFDS_PREFIX) and
-                                             len(v) > len(TFDS_PREFIX)),
+      'dataset', lambda v: v in datasets.NAMES or (v.startswith(datasets.TFDS_PREFIX) and
+                                                   len(v) > len(datasets.TFDS_PREFIX)),
       message='--dataset must be mnist, cifar10 or tfds:<name>', **fv)
   _not_a_file('model_dir', flag_values)
   _not_a_file('export_dir', flag_values)
@@ -106,7 +108,7 @@ def define_base_flags(flag_values=flags.FLAGS):
 
 def define_dtype_flag(choices, flag_values=flags.FLAGS):
   """--dtype over choices, names of precision.DTYPES (the one vocabulary)."""
-  flags.DEFINE_enum('dtype', 'fp32', list(choices),
+  flags.DEFINE_enum('dtype', 'fp32', list(choices), short_name='dt', help=
                     'What the layers compute in: %s. Variables, optimizer updates and the loss '
                     'stay float32. On a CPU bf16 is TensorFlow\'s oneDNN bfloat16 rewrite (see '
                     '--bf16_fallback); on a GPU fp16/bf16 are casts in the model.' %

@@ -178,12 +178,13 @@ class ProgressHook(tf.compat.v1.train.SessionRunHook):
     if step - self._last[0] < self._every_n_steps:
       return
     rate = (step - self._last[0]) * self._batch_size / (now - self._last[1])
-    epoch = step / self._steps_per_epoch
-    steps_left = self._steps_per_epoch - step % self._steps_per_epoch
-    eta = steps_left * self._batch_size / rate
-    self._print('step %d (epoch %.2f): loss %.4f, accuracy %.3f, learning rate %.5f, '
-                '%.1f examples/s, epoch ends in %dm%02ds' % (
-                    step, epoch, values['cross_entropy'], values['train_accuracy'],
-                    values['learning_rate'], rate, eta // 60, eta % 60))
+    where, eta = '', ''
+    if self._steps_per_epoch:  # unknown for input functions of unknown length
+      where = ' (epoch %.2f)' % (step / self._steps_per_epoch)
+      seconds = (self._steps_per_epoch - step % self._steps_per_epoch) * self._batch_size / rate
+      eta = ', epoch ends in %dm%02ds' % (seconds // 60, seconds % 60)
+    self._print('step %d%s: loss %.4f, accuracy %.3f, learning rate %.5f, %.1f examples/s%s' % (
+        step, where, values['cross_entropy'], values['train_accuracy'],
+        values['learning_rate'], rate, eta))
     sys.stdout.flush()
     self._last = (step, now)

@@ -1,4 +1,4 @@
-"""Image-classification datasets of tensorflow-datasets, as input_data.RawData.
+"""Image-classification datasets of tensorflow-datasets, as RawData.
 
 `--dataset=tfds:<name>` (`tfds:fashion_mnist`, `tfds:cifar10`, `tfds:emnist/letters`...)
 loads the dataset's supervised (image, label) pairs with `--data_dir` as the TFDS data
@@ -16,7 +16,7 @@ import socket
 
 import numpy as np
 
-from mnist_cnn import input_data
+from official.data import raw_data
 
 PREFIX = 'tfds:'
 # Where TFDS downloads most datasets from. Offline, its downloader retries each file ten times
@@ -137,12 +137,12 @@ def load(name, data_dir):
     if labels.min() < 0 or labels.max() >= num_classes:
       raise TfdsDatasetError('%s%s: split %s has labels outside 0..%d' %
                              (PREFIX, name, split, num_classes - 1))
-  return input_data.RawData(train[0], train[1], test[0], test[1], num_classes)
+  return raw_data.RawData(train[0], train[1], test[0], test[1], num_classes)
 
 
 def synthetic(name, data_dir, seed=0):
   """Random data of the dataset's image shape and class count (from its metadata, which needs
   no download) for --use_synthetic_data."""
   _, _, (height, width, channels), num_classes = describe(name, _builder(name, data_dir))
-  return input_data.synthetic_raw_data(seed=seed, height=height, width=width,
+  return raw_data.synthetic_raw_data(seed=seed, height=height, width=width,
                                        num_classes=num_classes, channels=channels)

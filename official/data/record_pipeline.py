@@ -1,7 +1,8 @@
-"""The tf.data record pipeline every Estimator input shares.
+"""The tf.data record pipeline every Estimator input shares: the Model Garden's
+`process_record_dataset`, re-exported by official/resnet/resnet_run_loop.py under its r1 name.
 
-Kept apart from the run loops so that the data layer (mnist_cnn/input_data.py) depends on
-nothing above it: importing the data module loads no model, run loop or cluster code.
+Kept in the data layer so that data modules depend on nothing above them: importing one loads
+no model, run loop or cluster code.
 """
 
 import tensorflow as tf
@@ -20,7 +21,9 @@ def process_record_dataset(dataset, is_training, batch_size, shuffle_buffer, par
     is_training: shuffle when True.
     batch_size: examples per batch.
     shuffle_buffer: shuffle buffer size (the dataset size for a full shuffle).
-    parse_record_fn: fn(record, is_training, dtype) -> (features, label).
+    parse_record_fn: fn(raw_record, is_training, dtype) -> (features, label), called with the
+      record itself: the string of a FixedLengthRecordDataset, or the (image, label) tuple of a
+      dataset of pairs.
     num_epochs: times to repeat the dataset (None: forever).
     dtype: features dtype.
     datasets_num_private_threads: a private thread pool of this size for the pipeline.
@@ -35,7 +38,8 @@ def process_record_dataset(dataset, is_training, batch_size, shuffle_buffer, par
                               reshuffle_each_iteration=True)
   dataset = dataset.repeat(num_epochs)
   dataset = dataset.apply(tf.data.experimental.map_and_batch(
-      lambda *record: parse_record_fn(record, is_training, dtype),
+      lambda *record: parse_record_fn(record[0] if len(record) == 1 else record,
+                                      is_training, dtype),
       batch_size=batch_size,
       num_parallel_calls=tf.data.AUTOTUNE,
       drop_remainder=drop_remainder))

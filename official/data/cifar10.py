@@ -6,7 +6,7 @@ The format the Model Garden's cifar10_main read: `cifar-10-batches-bin/` holds
 red, green and blue 32x32 planes one after another, rows first. Records are read with
 `tf.data.FixedLengthRecordDataset` and kept in memory as uint8 [N, 32, 32, 3] (150 MB for the
 whole set), so every model and every run loop trains on them as they do on IDX files
-(input_data.RawData).
+(official/data/raw_data.py).
 
 Every file is checked before it is read (present, a whole number of records, not empty) and
 its labels after (0-9); each defect raises `RecordFormatError` naming the file. Missing files
@@ -23,7 +23,8 @@ import urllib.error
 import numpy as np
 import tensorflow as tf
 
-from mnist_cnn import input_data
+from official.data import downloads
+from official.data import raw_data
 
 HEIGHT = 32
 WIDTH = 32
@@ -58,7 +59,7 @@ def batches_dir(data_dir):
   return os.path.join(data_dir, BATCHES_DIR)
 
 
-def _missing_files_error(data_dir, missing, reason):
+def missing_files_error(data_dir, missing, reason):
   return FileNotFoundError(
       'CIFAR-10 data not found in %s: missing %s (%s). Fix: unpack cifar-10-binary.tar.gz '
       '(%s) there and pass the directory as --data_dir, or run with --use_synthetic_data.' %
@@ -99,7 +100,7 @@ def download(data_dir, source_url=DEFAULT_SOURCE_URL, md5=ARCHIVE_MD5, timeout=2
   name = os.path.basename(source_url)
   os.makedirs(data_dir, exist_ok=True)
   archive_path = os.path.join(data_dir, name)
-  input_data.download_file(source_url, archive_path, md5, timeout, error=RecordFormatError)
+  downloads.download_file(source_url, archive_path, md5, timeout, error=RecordFormatError)
   try:
     _unpack(archive_path, data_dir, name)
   except (tarfile.TarError, EOFError, OSError) as e:
@@ -125,14 +126,14 @@ def maybe_download(data_dir, source_url=DEFAULT_SOURCE_URL, md5=ARCHIVE_MD5, tim
     return directory
   if len(missing) < len(TRAIN_FILES + TEST_FILES) or not source_url:
     reason = 'the other files are there' if source_url else 'downloading is off'
-    raise _missing_files_error(directory, missing, reason)
+    raise missing_files_error(directory, missing, reason)
   created = not os.path.isdir(data_dir)
   try:
     download(data_dir, source_url, md5, timeout)
   except (urllib.error.URLError, OSError) as e:
     if created and os.path.isdir(data_dir) and not os.listdir(data_dir):
       os.rmdir(data_dir)  # leave no empty directory behind a failed first download
-    raise _missing_files_error(directory, missing, 'download from %s failed: %s' %
+    raise missing_files_error(directory, missing, 'download from %s failed: %s' %
                                (source_url, e)) from None
   return os.path.join(data_dir, BATCHES_DIR)
 
@@ -154,12 +155,16 @@ def check_file(path):
 
 
 def decode_records(records):
-  """Raw records [N] string -> (uint8 images [N, 32, 32, 3], uint8 labels [N]): the label
-  byte, then the planes transposed from [3, 32, 32] to height, width, channels."""
+  """Raw records (a string, or [N] strings) -> (uint8 image(s) [..., 32, 32, 3], uint8
+  label(s) [...]): the label byte, then the planes transposed from [3, 32, 32] to height,
+  width, channels."""
   values = tf.io.decode_raw(records, tf.uint8)
-  labels = values[:, 0]
-  planes = tf.reshape(values[:, LABEL_BYTES:], [-1, NUM_CHANNELS, HEIGHT, WIDTH])
-  return tf.transpose(planes, [0, 2, 3, 1]), labels
+  batch_shape = tf.shape(values)[:-1]
+  planes = tf.reshape(values[..., LABEL_BYTES:],
+                      tf.concat([batch_shape, [NUM_CHANNELS, HEIGHT, WIDTH]], 0))
+  rank = records.shape.ndims
+  order = list(range(rank)) + [rank + 1, rank + 2, rank]
+  return tf.transpose(planes, order), values[..., 0]
 
 
 def read_files(paths, block=10000):
@@ -201,15 +206,15 @@ def _check_labels(labels, paths, counts):
 
 
 def load(data_dir, source_url=DEFAULT_SOURCE_URL):
-  """The training and test records of data_dir as input_data.RawData (downloaded when missing
-  and online)."""
+  """The training and test records of data_dir as RawData (downloaded when missing and
+  online)."""
   directory = maybe_download(data_dir, source_url)
   train_images, train_labels = read_files([os.path.join(directory, n) for n in TRAIN_FILES])
   test_images, test_labels = read_files([os.path.join(directory, n) for n in TEST_FILES])
-  return input_data.RawData(train_images, train_labels, test_images, test_labels, NUM_CLASSES)
+  return raw_data.RawData(train_images, train_labels, test_images, test_labels, NUM_CLASSES)
 
 
 def synthetic(seed=0):
   """Random CIFAR-shaped data (32x32x3, 10 classes) for --use_synthetic_data."""
-  return input_data.synthetic_raw_data(seed=seed, height=HEIGHT, width=WIDTH,
+  return raw_data.synthetic_raw_data(seed=seed, height=HEIGHT, width=WIDTH,
                                        num_classes=NUM_CLASSES, channels=NUM_CHANNELS)
