@@ -5,16 +5,21 @@
 # two scripts' too) to $RUNS_DIR/report and prints its table. Extra arguments go to every run;
 # FAST=0 skips the fast run.
 #   DATA_DIR=../shared/data/mnist RUNS_DIR=/tmp/mnist_cnn_runs ./run_googlenet.sh [--flag=value ...]
+# PYTHON: the interpreter (default: the checkout's .venv when there is one, else python3).
 set -euo pipefail
+HERE="$(cd "$(dirname "$0")" && pwd)"
 DATA_DIR=${DATA_DIR:-/tmp/mnist_data}
 RUNS_DIR=${RUNS_DIR:-/tmp/mnist_cnn_runs}
 MODEL_DIR=$RUNS_DIR/googlenet
-PYTHON=${PYTHON:-python}
-EPOCHS=${EPOCHS:-6}
+if [ -z "${PYTHON:-}" ]; then  # the checkout's .venv when there is one, else python3
+  if [ -x "$HERE/.venv/bin/python" ]; then PYTHON=$HERE/.venv/bin/python; else PYTHON=python3; fi
+fi
+EPOCHS=${EPOCHS-6}  # empty: no default run
 FAST=${FAST:-1}
 # The time-to-accuracy configuration; its file says what it is and what it measured.
-FAST_FLAGS=(--flagfile="$(cd "$(dirname "$0")" && pwd)/mnist_cnn/configs/googlenet_fast.flags")
+FAST_FLAGS=(--flagfile="$HERE/mnist_cnn/configs/googlenet_fast.flags")
 mkdir -p "$MODEL_DIR"
+echo "Python: $PYTHON"
 
 failed=0  # a failed run is marked on the page; the script still writes it, then exits 1
 

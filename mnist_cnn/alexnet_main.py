@@ -308,6 +308,11 @@ def main(_):
                      user_errors=datasets.DATA_ERRORS)
 
 
-if __name__ == '__main__':
+def run_command():
+  """The `mnist-cnn-alexnet` console command (setup.py), as `python -m` runs this module."""
   define_alexnet_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run_command()

@@ -241,6 +241,11 @@ def main(argv):
   sys.exit(run_cluster(members, flags_obj.grace_s, stop_requested=stop_requested))
 
 
-if __name__ == '__main__':
+def run_command():
+  """The `mnist-cnn-cluster` console command (setup.py), as `python -m` runs this module."""
   define_launcher_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run_command()

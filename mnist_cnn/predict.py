@@ -123,6 +123,11 @@ def main(argv):
     sys.exit(1)
 
 
-if __name__ == '__main__':
+def run_command():
+  """The `mnist-cnn-predict` console command (setup.py), as `python -m` runs this module."""
   define_predict_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run_command()

@@ -1,14 +1,17 @@
 """The comparison page of AlexNet, ResNet and GoogLeNet, generated from the records real runs
 leave behind.
 
-  python -m mnist_cnn.report --runs_dir=DIR [--runs_dir=DIR ...] --out_dir=DIR
+  mnist-cnn-report --runs_dir=DIR [--runs_dir=DIR ...] --out_dir=DIR
 
 Every directory under a --runs_dir that holds a flags.json or a metrics.json is a run (AlexNet,
 ResNet and GoogLeNet alike; see official/utils/logs/run_record.py). The page
 (out_dir/report.md) has a section per dataset (MNIST first; runs recorded before --dataset
-existed are MNIST's), each with one table row per run and three PNG plots: training loss per
-epoch, test accuracy per epoch and test accuracy against training time. The MNIST table has the
-seed report's own figures beside the runs. The tables are also printed. Runs that failed, were
+existed are MNIST's). MNIST's starts with the report's own figures, each beside this
+project's run of the report's settings (REPORT_SETTINGS). Each section then has a table of
+configurations (runs that differ only in their seed are one configuration: the median and range
+of their final accuracy), one table row per run, and three PNG plots: training loss per epoch,
+test accuracy per epoch and test accuracy against training time, one colour per configuration,
+its seeds drawn as the median with a band. The tables are also printed. Runs that failed, were
 interrupted or are unfinished are marked, not dropped; a run whose files cannot be read is
 marked with the file and the defect.
 """
@@ -17,6 +20,7 @@ import collections
 import glob
 import json
 import os
+import re
 import statistics
 import sys
 import tempfile
@@ -59,6 +63,16 @@ KEY_FLAGS = {
                   ('batch_size', 'batch %s'), ('lr_schedule', '%s'), ('dtype', '%s')),
 }
 NEUTRAL_VALUES = ('fp32', 0)
+# The report's settings as this project's flags record them (run_alexnet.sh and run_resnet.sh
+# pass them): a run whose flags hold all of its model's is the report's run, redone.
+REPORT_SETTINGS = {
+    'alexnet': {'optimizer': 'adadelta', 'learning_rate': 0.02, 'batch_size': 100,
+                'dropout': 0.8, 'init': 'report'},
+    'resnet': {'lr_schedule': 'step', 'batch_norm_batches': 0, 'batch_norm_decay': 0.997},
+}
+REPORT_CONFIGURATION = 'report settings'
+# Runs of one configuration with other seeds are named <configuration>_seed<N>.
+SEED_SUFFIX = re.compile(r'_seed\d+$')
 
 # Where MNIST's zoomed accuracy panels start: the interesting runs differ in the last percent.
 # Other datasets' panels start ZOOM_BELOW_BEST under their best run.
@@ -111,6 +125,26 @@ class Run(object):
       return None
     seconds = sum(p['seconds'] or 0.0 for p in self.points)
     return seconds / self.points[-1]['epoch'] if seconds else None
+
+  @property
+  def report_settings(self):
+    """Whether the run is one of the report's, redone with its settings."""
+    settings = REPORT_SETTINGS.get(self.model)
+    return bool(settings) and all(self.flags.get(k) == v for k, v in settings.items())
+
+  @property
+  def configuration(self):
+    """What the run's configuration is called: 'report settings', or its directory's name
+    less a _seed<N> suffix."""
+    if self.report_settings:
+      return REPORT_CONFIGURATION
+    return SEED_SUFFIX.sub('', os.path.basename(self.name.rstrip(os.sep)))
+
+  def configuration_key(self):
+    """Runs with the same key are one configuration with other seeds: the same model, data,
+    key flags and length."""
+    return (self.model, self.dataset, self.key_flags(), self.flags.get('train_epochs'),
+            self.configuration)
 
   def key_flags(self):
     parts = []
@@ -311,6 +345,89 @@ def format_table(runs, seed_report=True):
   return '\n'.join(lines)
 
 
+class Configuration(object):
+  """Runs that differ only in their seed: their label and final accuracies."""
+
+  def __init__(self, runs):
+    self.runs = runs
+    first = runs[0]
+    self.model = first.model
+    self.name = first.configuration
+    seeds = '%d seeds' % len(runs) if len(runs) > 1 else 'seed %s' % first.flags.get('seed', 0)
+    self.label = '%s, %s (%s)' % (MODEL_TITLES.get(self.model, self.model), self.name, seeds)
+
+  def finals(self):
+    """The final test accuracy of each run that evaluated."""
+    return [r.last_accuracy_point['accuracy'] for r in self.runs if r.last_accuracy_point]
+
+  def curve(self, x_of, y_of):
+    """(xs, median ys, low ys, high ys) per epoch over the runs that reached it."""
+    by_epoch = collections.OrderedDict()
+    for run in self.runs:
+      for point in run.points:
+        if y_of(point) is not None:
+          by_epoch.setdefault(point['epoch'], []).append((x_of(point), y_of(point)))
+    xs, medians, lows, highs = [], [], [], []
+    for epoch in sorted(by_epoch):
+      values = by_epoch[epoch]
+      xs.append(statistics.median(x for x, _ in values))
+      ys = [y for _, y in values]
+      medians.append(statistics.median(ys))
+      lows.append(min(ys))
+      highs.append(max(ys))
+    return xs, medians, lows, highs
+
+
+def configurations(runs):
+  """The runs grouped into Configurations (same model, data, key flags, length and name),
+  in the order of their first run."""
+  groups = collections.OrderedDict()
+  for run in runs:
+    if run.points:
+      groups.setdefault(run.configuration_key(), []).append(run)
+  return [Configuration(group) for group in groups.values()]
+
+
+def format_configurations(runs):
+  """A markdown table of the configurations: final test accuracy as the median and range over
+  their seeds, training minutes as the median."""
+  lines = ['| configuration | runs | epochs | test accuracy, median (min-max) | training minutes, '
+           'median | parameters |', '|---|---:|---:|---:|---:|---:|']
+  for config in configurations(runs):
+    finals = config.finals()
+    epochs = sorted({r.last_accuracy_point['epoch'] for r in config.runs
+                     if r.last_accuracy_point})
+    minutes = [r.points[-1]['elapsed'] / 60.0 for r in config.runs if r.points]
+    accuracy = '-'
+    if finals:
+      accuracy = '%.4f' % statistics.median(finals)
+      if len(finals) > 1:
+        accuracy += ' (%.4f-%.4f)' % (min(finals), max(finals))
+    span = '-' if not epochs else '%d' % epochs[0] if len(epochs) == 1 else '%d-%d' % (
+        epochs[0], epochs[-1])
+    lines.append('| %s | %d | %s | %s | %s | %s |' % (
+        config.label, len(config.runs), span, accuracy,
+        _cell(statistics.median(minutes) if minutes else None, '%.1f'),
+        '-' if config.runs[0].num_parameters is None else '{:,}'.format(
+            config.runs[0].num_parameters)))
+  return '\n'.join(lines)
+
+
+def format_report_comparison(runs):
+  """A markdown table of the report's figures, each beside this project's run of the report's
+  settings for the same model and epochs (on all 10,000 test images)."""
+  lines = ['| the report\'s run | its test accuracy | measured on | ours, the report\'s settings '
+           '(all test images) | our run |', '|---|---:|---|---:|---|']
+  for model, epochs, accuracy, how in SEED_REPORT:
+    ours = [r for r in runs if r.model == model and r.report_settings and
+            r.last_accuracy_point and r.last_accuracy_point['epoch'] == epochs]
+    lines.append('| %s, %d epoch%s | %.4f | %s | %s | %s |' % (
+        MODEL_TITLES[model], epochs, '' if epochs == 1 else 's', accuracy, how,
+        ', '.join('%.4f' % r.last_accuracy_point['accuracy'] for r in ours) or 'not run',
+        ', '.join(r.name for r in ours) or '-'))
+  return '\n'.join(lines)
+
+
 def _save_figure(figure, path):
   """Saves a figure through a temporary file, so a reader never sees half a PNG."""
   fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix='.tmp-', suffix='.png')
@@ -338,45 +455,56 @@ def _zoom_from(dataset, runs):
   return max(0.0, int((best - ZOOM_BELOW_BEST) * 100) / 100.0)
 
 
+PLOT_SPECS = {
+    'loss': ('Training loss per epoch', 'epoch', 'mean training cross-entropy (log)',
+             lambda p: p['epoch'], lambda p: p['train_loss']),
+    'accuracy': ('Test accuracy per epoch', 'epoch', 'test accuracy',
+                 lambda p: p['epoch'], lambda p: p['accuracy']),
+    'time': ('Test accuracy against training time', 'training wall-clock (minutes)',
+             'test accuracy', lambda p: p['elapsed'] / 60.0, lambda p: p['accuracy']),
+}
+MODEL_LINES = {'alexnet': '--', 'resnet': '-', 'googlenet': '-.'}
+SEED_MARKERS = {'alexnet': 'x', 'resnet': '+'}
+
+
+def _plot_configuration(axes, config, x_of, y_of, color):
+  """One configuration's line (the median over its seeds) and, for several seeds, the band
+  between their lowest and highest values."""
+  xs, medians, lows, highs = config.curve(x_of, y_of)
+  if not xs:
+    return
+  axes.plot(xs, medians, MODEL_LINES.get(config.model, ':'), color=color, marker='o',
+            markersize=3, label=config.label)
+  if len(config.runs) > 1:
+    axes.fill_between(xs, lows, highs, color=color, alpha=0.2, linewidth=0)
+
+
 def write_plots(runs, out_dir, dataset=SEED_DATASET):
   """Writes the three PNG plots of one dataset's runs; returns {kind: path}."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')  # headless
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-  plotted = [r for r in runs if r.points]
-  styles = {'alexnet': '--', 'resnet': '-', 'googlenet': '-.'}
-  seed_markers = {'alexnet': 'x', 'resnet': '+'}
-  zoom = _zoom_from(dataset, plotted)
+  configs = configurations(runs)
+  colors = plt.get_cmap('tab10' if len(configs) <= 10 else 'tab20')
+  zoom = _zoom_from(dataset, [r for r in runs if r.points])
   paths = {}
-  specs = {
-      'loss': ('Training loss per epoch', 'epoch', 'mean training cross-entropy (log)',
-               lambda p: p['epoch'], lambda p: p['train_loss']),
-      'accuracy': ('Test accuracy per epoch', 'epoch', 'test accuracy',
-                   lambda p: p['epoch'], lambda p: p['accuracy']),
-      'time': ('Test accuracy against training time', 'training wall-clock (minutes)',
-               'test accuracy', lambda p: p['elapsed'] / 60.0, lambda p: p['accuracy']),
-  }
   for kind, filename in PLOT_FILES.items():
-    title, xlabel, ylabel, x_of, y_of = specs[kind]
+    title, xlabel, ylabel, x_of, y_of = PLOT_SPECS[kind]
     title = '%s, %s' % (title, dataset)
     zoomed = kind != 'loss'  # accuracy plots get a second panel on the top few percent
-    figure, panels = plt.subplots(1, 2 if zoomed else 1, figsize=(13 if zoomed else 8, 5),
+    figure, panels = plt.subplots(1, 2 if zoomed else 1, figsize=(12 if zoomed else 7, 5),
                                   squeeze=False)
     for axes in panels[0]:
-      for run in plotted:
-        points = [p for p in run.points if y_of(p) is not None]
-        if points:
-          label = '%s (%s)' % (run.name, run.status) if run.status != 'ok' else run.name
-          axes.plot([x_of(p) for p in points], [y_of(p) for p in points],
-                    styles.get(run.model, ':'), marker='o', markersize=3, label=label)
+      for index, config in enumerate(configs):
+        _plot_configuration(axes, config, x_of, y_of, colors(index % colors.N))
       if kind == 'accuracy' and dataset == SEED_DATASET:
-        for model in ('alexnet', 'resnet'):
+        for model in SEED_MARKERS:
           figures = [(e, a) for m, e, a, _ in SEED_REPORT if m == model]
           axes.plot([e for e, _ in figures], [a for _, a in figures], linestyle='none',
-                    color='black', marker=seed_markers[model], markersize=9,
-                    label='seed report, %s' % MODEL_TITLES[model])
-      if kind == 'loss' and any(r.final_loss for r in plotted):
+                    color='black', marker=SEED_MARKERS[model], markersize=9,
+                    label='the report, %s' % MODEL_TITLES[model])
+      if kind == 'loss' and any(r.final_loss for r in runs):
         axes.set_yscale('log')
       axes.set_xlabel(xlabel)
       axes.set_ylabel(ylabel)
@@ -384,9 +512,11 @@ def write_plots(runs, out_dir, dataset=SEED_DATASET):
     panels[0][0].set_title(title)
     if zoomed:
       panels[0][1].set_ylim(zoom, 1.0)
-      panels[0][1].set_title('%s, from %.0f%%' % (title, zoom * 100))
-    if panels[0][-1].get_legend_handles_labels()[0]:
-      panels[0][-1].legend(fontsize=8, loc='lower right')
+      panels[0][1].set_title('from %.0f%%' % (zoom * 100))
+    handles, labels = panels[0][0].get_legend_handles_labels()
+    if handles:  # beside the plots, never over a curve
+      panels[0][-1].legend(handles, labels, fontsize=8, loc='upper left',
+                           bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     paths[kind] = os.path.join(out_dir, plot_prefix(dataset) + filename)
     _save_figure(figure, paths[kind])
     plt.close(figure)
@@ -405,7 +535,13 @@ def write_report(runs, out_dir):
               'time': 'Test accuracy against training time'}
   for dataset, group in by_dataset(runs):
     paths = write_plots(group, out_dir, dataset)
-    lines += ['## %s' % dataset, '', format_table(group, dataset == SEED_DATASET), '']
+    lines += ['## %s' % dataset, '']
+    if dataset == SEED_DATASET:
+      lines += ['The report\'s figures, each beside this project\'s run of the report\'s '
+                'settings:', '', format_report_comparison(group), '']
+    lines += ['Configurations (runs that differ only in their seed are one):', '',
+              format_configurations(group), '', 'Every run:', '',
+              format_table(group, dataset == SEED_DATASET), '']
     for kind, path in paths.items():
       lines += ['![%s, %s](%s)' % (captions[kind], dataset, os.path.basename(path)), '']
   report_path = os.path.join(out_dir, REPORT_FILE)
@@ -437,6 +573,10 @@ def run_report(flags_obj):
       print('warning: %s' % run.status, file=sys.stderr)
   report_path = write_report(runs, flags_obj.out_dir)
   for dataset, group in by_dataset(runs):
+    if dataset == SEED_DATASET:
+      print('%s: the report beside its settings redone\n\n%s\n' % (
+          dataset, format_report_comparison(group)))
+    print('%s: configurations\n\n%s\n' % (dataset, format_configurations(group)))
     print('%s\n\n%s\n' % (dataset, format_table(group, dataset == SEED_DATASET)))
   print('\nWrote %s and its plots.' % report_path)
   return runs
@@ -449,6 +589,11 @@ def main(_):
     sys.exit('error: %s' % e)
 
 
-if __name__ == '__main__':
+def run_command():
+  """The `mnist-cnn-report` console command (setup.py), as `python -m` runs this module."""
   define_report_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run_command()

@@ -174,6 +174,11 @@ def main(_):
                      user_errors=resnet_run_loop.USER_ERRORS)
 
 
-if __name__ == '__main__':
+def run_command():
+  """The `mnist-cnn-resnet` console command (setup.py), as `python -m` runs this module."""
   define_mnist_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run_command()

@@ -205,6 +205,11 @@ def main(_):
     sys.exit('error: %s' % e)
 
 
-if __name__ == '__main__':
+def run_command():
+  """The `mnist-cnn-serve` console command (setup.py), as `python -m` runs this module."""
   define_serve_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run_command()

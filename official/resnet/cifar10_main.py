@@ -220,6 +220,11 @@ def main(_):
                      user_errors=resnet_run_loop.USER_ERRORS)
 
 
-if __name__ == '__main__':
+def run_command():
+  """The `mnist-cnn-cifar10` console command (setup.py), as `python -m` runs this module."""
   define_cifar_flags()
   app.run(main)
+
+
+if __name__ == '__main__':
+  run_command()

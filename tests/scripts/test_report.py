@@ -156,6 +156,53 @@ def test_report_page_and_plots_are_written(runs_dir, tmp_path):
   assert not [f for f in os.listdir(out_dir) if f.startswith('.tmp-')]
 
 
+REPORT_ALEXNET = {'model': 'alexnet', 'optimizer': 'adadelta', 'learning_rate': 0.02,
+                  'batch_size': 100, 'dropout': 0.8, 'init': 'report'}
+FAST_ALEXNET = {'model': 'alexnet', 'train_epochs': 2, 'optimizer': 'adam',
+                'learning_rate': 0.002, 'batch_size': 64, 'dropout': 0.75, 'init': 'he'}
+
+
+def _grouping_runs(tmp_path):
+  root = tmp_path / 'runs'
+  _write_run(str(root / 'alexnet' / 'report_5ep'), dict(REPORT_ALEXNET, train_epochs=5),
+             _alexnet_epochs([0.3, 0.4, 0.5, 0.6, 0.64]) + [{'event': 'finished'}])
+  for seed, accuracies in enumerate(([0.98, 0.9936], [0.97, 0.9910], [0.985, 0.9926])):
+    _write_run(str(root / 'alexnet' / ('fast_seed%d' % seed)), dict(FAST_ALEXNET, seed=seed),
+               _alexnet_epochs(accuracies, seconds=60.0 + seed) + [{'event': 'finished'}])
+  # Another learning rate is another configuration, whatever its directory is called.
+  _write_run(str(root / 'alexnet' / 'fast_seed9'), dict(FAST_ALEXNET, learning_rate=0.01),
+             _alexnet_epochs([0.9, 0.95]) + [{'event': 'finished'}])
+  _write_run(str(root / 'resnet' / 'report_1ep'), {
+      'model': 'resnet', 'train_epochs': 1, 'lr_schedule': 'step', 'batch_norm_batches': 0,
+      'batch_norm_decay': 0.997}, [{'epoch': 1, 'accuracy': 0.9821, 'seconds': 300.0},
+                                   {'event': 'finished'}])
+  return report.load_runs([str(root)], use_tf_fallbacks=False)
+
+
+def test_the_report_s_figures_stand_beside_its_settings_redone(tmp_path):
+  rows = [line.split(' | ') for line in
+          report.format_report_comparison(_grouping_runs(tmp_path)).splitlines()[2:]]
+  assert [(row[0].strip('| '), row[3], row[4].strip(' |')) for row in rows] == [
+      ('AlexNet, 5 epochs', '0.6400', 'runs/alexnet/report_5ep'),
+      ('AlexNet, 10 epochs', 'not run', '-'),
+      ('ResNet, 1 epoch', '0.9821', 'runs/resnet/report_1ep'),
+      ('ResNet, 3 epochs', 'not run', '-'), ('ResNet, 6 epochs', 'not run', '-')]
+
+
+def test_seeds_of_one_configuration_are_one_row_and_one_line(tmp_path):
+  runs = _grouping_runs(tmp_path)
+  configs = report.configurations(runs)
+  assert [(c.label, len(c.runs)) for c in configs] == [
+      ('AlexNet, fast (3 seeds)', 3), ('AlexNet, fast (seed 0)', 1),
+      ('AlexNet, report settings (seed 0)', 1), ('ResNet, report settings (seed 0)', 1)]
+  fast = configs[0]
+  xs, medians, lows, highs = fast.curve(lambda p: p['epoch'], lambda p: p['accuracy'])
+  assert xs == [1, 2] and medians == [0.98, 0.9926] and lows == [0.97, 0.9910]
+  assert highs == [0.985, 0.9936]
+  table = report.format_configurations(runs)
+  assert '| AlexNet, fast (3 seeds) | 3 | 2 | 0.9926 (0.9910-0.9936) | 2.0 | 1,234 |' in table
+
+
 def test_resnet_losses_and_parameters_come_from_older_runs_files(tmp_path):
   """Runs made before metrics.json had train_loss_mean and num_parameters still get both."""
   run_dir = str(tmp_path / 'old')
@@ -244,7 +291,7 @@ def test_alexnet_script_ends_with_the_comparison_page(tmp_path, learnable_idx_di
   _write_run(str(runs / 'resnet' / 'earlier'), {'model': 'resnet', 'train_epochs': 1},
              [{'epoch': 1, 'accuracy': 0.99, 'seconds': 3.0}, {'event': 'finished'}])
   env = dict(os.environ, DATA_DIR=learnable_idx_dir, RUNS_DIR=str(runs), PYTHON=sys.executable,
-             REPORT_EPOCHS_SHORT='1', REPORT_EPOCHS_LONG='2', TUNED_EPOCHS='1',
+             REPORT_EPOCHS='1 2', TUNED_EPOCHS='1',
              TF_CPP_MIN_LOG_LEVEL='2')
   result = subprocess.run(['bash', os.path.join(REPO_ROOT, 'run_alexnet.sh'),
                            '--validation_size=0', '--batch_size=50'],
