@@ -424,7 +424,8 @@ def format_report_comparison(runs):
     lines.append('| %s, %d epoch%s | %.4f | %s | %s | %s |' % (
         MODEL_TITLES[model], epochs, '' if epochs == 1 else 's', accuracy, how,
         ', '.join('%.4f' % r.last_accuracy_point['accuracy'] for r in ours) or 'not run',
-        ', '.join(r.name for r in ours) or '-'))
+        ', '.join(r.name + (' (records transcribed)' if r.flags.get('transcribed') else '')
+                  for r in ours) or '-'))
   return '\n'.join(lines)
 
 

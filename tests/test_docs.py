@@ -33,7 +33,8 @@ PLACEHOLDER = re.compile(r'[<>*{}$]|\.\.\.|\b(DIR|NAME|FILE|PATH|EXPORT|VERSION)
 # Flags of other programs the docs quote: TF Serving's (compared with the server's),
 # saved_model_cli's and pytest's.
 FOREIGN_FLAGS = frozenset(['rest_api_timeout_in_ms', 'max_num_load_retries',
-                           'load_retry_interval_micros', 'dir', 'all', 'dist'])
+                           'load_retry_interval_micros', 'model_config_file', 'dir', 'all',
+                           'dist'])
 # absl's own flags, which every command takes.
 ABSL_FLAGS = frozenset(['flagfile', 'undefok', 'help', 'helpshort', 'helpfull', 'helpxml',
                         'only_check_args', 'logtostderr', 'verbosity'])
@@ -62,8 +63,19 @@ def _docs():
         yield doc, number, line.rstrip('\n'), fenced
 
 
-def _inline_code(line):
-  return re.findall(r'`([^`]+)`', line)
+def _prose():
+  """(doc, line number, inline code) of every `code span` outside code blocks, spans that a
+  line break cuts joined (a paragraph at a time)."""
+  paragraph = []
+  for doc, number, line, fenced in list(_docs()) + [(None, 0, '', False)]:
+    if fenced or not line.strip():
+      if paragraph:
+        text = ' '.join(l for _, _, l in paragraph)
+        for span in re.findall(r'`([^`]+)`', text):
+          yield paragraph[0][0], paragraph[0][1], span
+      paragraph = []
+    else:
+      paragraph.append((doc, number, line))
 
 
 def _tokens(text):
@@ -82,16 +94,23 @@ def _is_repo_path(token):
 
 def _named_paths():
   """(doc, line, path) of every repository path in inline code, code blocks and links."""
+  for doc, number, text in _code_texts():
+    for token in _tokens(text):
+      if _is_repo_path(token):
+        yield doc, number, token
   for doc, number, line, fenced in _docs():
-    texts = [line] if fenced else _inline_code(line)
-    for text in texts:
-      for token in _tokens(text):
-        if _is_repo_path(token):
-          yield doc, number, token
     if not fenced:
       for target in re.findall(r'\]\(([^)#\s]+)', line):
         if not target.startswith(('http://', 'https://', 'mailto:')):
           yield doc, number, os.path.normpath(os.path.join(os.path.dirname(doc), target))
+
+
+def _code_texts():
+  """(doc, line number, text) of every code block line and every inline code span."""
+  for doc, number, line, fenced in _docs():
+    if fenced:
+      yield doc, number, line
+  yield from _prose()
 
 
 def _slug(heading):
@@ -113,13 +132,13 @@ def test_every_link_to_a_section_finds_it():
       linked = os.path.normpath(os.path.join(os.path.dirname(doc), target)) if target else doc
       if linked.endswith('.md') and anchor not in _anchors(linked):
         broken.append('%s:%d %s#%s' % (doc, number, target, anchor))
-  assert broken == []
+  assert broken == [], '\n'.join(broken)
 
 
 def test_every_path_the_docs_name_exists():
   missing = ['%s:%d %s' % (doc, number, path) for doc, number, path in _named_paths()
              if not os.path.exists(os.path.join(REPO, path.rstrip('/')))]
-  assert missing == []
+  assert missing == [], '\n'.join(missing)
 
 
 MODULE = re.compile(r'^(?:mnist_cnn|official|benchmarks)(?:\.\w+)+$')
@@ -157,24 +176,22 @@ def _project_modules():
 
 def _named_modules():
   short = _project_modules()
-  for doc, number, line, fenced in _docs():
-    texts = [line] if fenced else _inline_code(line)
-    for text in texts:
-      for module in re.findall(r'-m\s+([\w.]+)', text):
-        yield doc, number, module
-      for token in _tokens(text):
-        token = token.split('(')[0]
-        if MODULE.match(token):
-          yield doc, number, token
-        elif '.' in token and token.split('.')[0] in short and re.match(r'^[\w.]+$', token):
-          head, rest = token.split('.', 1)
-          if not rest.startswith(('py', 'flags', 'json', 'md', 'sh')):
-            yield doc, number, '%s.%s' % (short[head], rest)
+  for doc, number, text in _code_texts():
+    for module in re.findall(r'-m\s+([\w.]+)', text):
+      yield doc, number, module
+    for token in _tokens(text):
+      token = token.split('(')[0]
+      if MODULE.match(token):
+        yield doc, number, token
+      elif '.' in token and token.split('.')[0] in short and re.match(r'^[\w.]+$', token):
+        head, rest = token.split('.', 1)
+        if not rest.startswith(('py', 'flags', 'json', 'md', 'sh')):
+          yield doc, number, '%s.%s' % (short[head], rest)
 
 
 def test_every_module_and_name_the_docs_name_imports():
   unresolved = ['%s:%d %s' % named for named in _named_modules() if not _resolves(named[2])]
-  assert unresolved == []
+  assert unresolved == [], '\n'.join(unresolved)
 
 
 def _command_flags(module_name):
@@ -199,7 +216,7 @@ def _helpfull(program):
   result = subprocess.run(program + ['--help'], capture_output=True, text=True, env=ENV,
                           cwd=REPO, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  return frozenset(re.findall(r'--(\w+)', result.stdout))
+  return frozenset(re.findall(r'--([a-z0-9_]+)', result.stdout))
 
 
 class KnownFlags(dict):
@@ -273,18 +290,15 @@ def test_every_flag_the_docs_show_is_one_its_command_takes(known_flags):
     own, _, passed_on = line.partition(' -- ')
     for part, takes in ((own, known_flags[program]),
                         (passed_on, known_flags['mnist_cnn.resnet_main'])):
-      for flag in re.findall(r'(?<![\w-])--(\w+)', part):
+      for flag in re.findall(r'(?<![\w-])--([a-z0-9_]+)', part):
         if flag not in takes and flag not in ('helpfull', 'help', 'helpshort'):
           wrong.append('%s:%d --%s (not a flag of %s)' % (doc, number, flag, program))
-  for doc, number, line, fenced in _docs():
-    if not fenced:
-      for code in _inline_code(line):
-        program = _program_of(code)
-        for flag in re.findall(r'(?<![\w-])--(\w+)', code):
-          if not (flag in known_flags[program] if program else _anyone_takes(known_flags,
-                                                                              flag)):
-            wrong.append('%s:%d --%s (no command takes it)' % (doc, number, flag))
-  assert wrong == []
+  for doc, number, code in _prose():
+    program = _program_of(code)
+    for flag in re.findall(r'(?<![\w-])--([a-z0-9_]+)', code):
+      if not (flag in known_flags[program] if program else _anyone_takes(known_flags, flag)):
+        wrong.append('%s:%d --%s (no command takes it)' % (doc, number, flag))
+  assert wrong == [], '\n'.join(wrong)
 
 
 @pytest.mark.slow

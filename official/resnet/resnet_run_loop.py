@@ -71,12 +71,9 @@ define_resnet_flags = resnet_flags.define_resnet_flags
 def override_flags_and_set_envars_for_gpu_thread_pool(flags_obj):
   """The Model Garden's: sets TF_GPU_THREAD_MODE and TF_GPU_THREAD_COUNT for
   --tf_gpu_thread_mode and writes the thread counts that leaves back into flags_obj
-  (--inter_op_parallelism_threads, --datasets_num_private_threads).
-
-  resnet_main does not call it: it computes the same counts (session_config.gpu_thread_settings,
-  two inter-op threads per GPU where the Model Garden gave every core left) and leaves the
-  parsed flags as they were parsed.
-  """
+  (--inter_op_parallelism_threads, --datasets_num_private_threads). resnet_main does not call
+  it: it computes the same counts (session_config.gpu_thread_settings, two inter-op threads per
+  GPU where the Model Garden gave every core left) and leaves the parsed flags as parsed."""
   num_gpus = None if flags_obj.num_gpus == -1 else flags_obj.num_gpus
   threads = session_config.gpu_thread_settings(
       flags_obj.inter_op_parallelism_threads, flags_obj.datasets_num_private_threads,
@@ -308,14 +305,12 @@ class _Run(object):
         save_checkpoints_secs=self.loop_settings.save_checkpoints_secs,
         keep_checkpoint_max=KEEP_CHECKPOINTS, log_step_count_steps=1000,
         session_creation_timeout_secs=self.cluster_timeout_s)
-    warm_start = None
-    if self.loop_settings.pretrained_model_checkpoint_path:
-      # Everything but the final dense layer, whose class count may differ.
-      warm_start = tf.estimator.WarmStartSettings(
-          self.loop_settings.pretrained_model_checkpoint_path, vars_to_warm_start='^(?!.*dense)')
+    pretrained = self.loop_settings.pretrained_model_checkpoint_path
+    # Everything but the final dense layer, whose class count may differ.
+    warm_start = pretrained and tf.estimator.WarmStartSettings(pretrained, '^(?!.*dense)')
     return tf.estimator.Estimator(model_fn=self.model_fn, model_dir=settings.model_dir,
                                   config=run_config, params=self.params,
-                                  warm_start_from=warm_start)
+                                  warm_start_from=warm_start or None)
 
   def _input_fn(self, is_training, num_epochs, input_context=None):
     """The input function called with the keywords it takes. Under a strategy each replica's
@@ -361,7 +356,12 @@ class _Run(object):
     cycle_ends = list(range(settings.epochs_between_evals, settings.train_epochs,
                             settings.epochs_between_evals)) + [settings.train_epochs]
     results, previous_end = {}, 0
+    recorded = lifecycle.recorded_epochs(settings.model_dir, self.max_steps,
+                                         cluster_training.checkpoint_step(settings.model_dir))
     for cycle_end in ([] if self.loop_settings.eval_only else cycle_ends):
+      if cycle_end in recorded:  # a rerun: trained and recorded before, its record stays
+        previous_end = cycle_end
+        continue
       results = self._cycle(previous_end, cycle_end)
       previous_end = cycle_end
       if lifecycle.should_stop(settings, results):

@@ -107,7 +107,8 @@ def train_in_cluster(classifier, cluster, timeout_s, max_steps, train_input_fn, 
                                              on_failure=mark_failed)
   watchdog.start()
   # Members that finish the last step leave; from then on this one needs no one.
-  train_hooks = list(train_hooks) + [StopAtStepHook(watchdog.stop, max_steps)]
+  stop_hook = StopAtStepHook(watchdog.stop, max_steps)
+  train_hooks = list(train_hooks) + [stop_hook]
   done = checkpoint_step(model_dir) if task_type == 'chief' else 0
   if done:
     print('chief:0: resuming from the checkpoint at step %d' % done)
@@ -129,7 +130,8 @@ def train_in_cluster(classifier, cluster, timeout_s, max_steps, train_input_fn, 
   finally:
     watchdog.stop()
   if task_type != 'chief':
-    print('%s:%d: done' % (task_type, task_index))
+    # Its own count: step lines come every 100 of them, so a worker that joins late may log none.
+    print('%s:%d: done after %d steps of its own' % (task_type, task_index, stop_hook.steps_run))
   return task_type, time.monotonic() - started, done
 
 
@@ -167,11 +169,13 @@ def chief_record(results, train_seconds, resumed_step, steps_per_epoch, batch_si
 
 
 class StopAtStepHook(tf.compat.v1.train.SessionRunHook):
-  """Calls stop() once training reaches last_step, or when it ends at all."""
+  """Calls stop() once training reaches last_step, or when it ends at all; counts the steps
+  this process ran (steps_run)."""
 
   def __init__(self, stop, last_step):
     self._stop = stop
     self._last_step = last_step
+    self.steps_run = 0
 
   def begin(self):
     self._global_step = tf.compat.v1.train.get_global_step()
@@ -180,6 +184,7 @@ class StopAtStepHook(tf.compat.v1.train.SessionRunHook):
     return tf.compat.v1.train.SessionRunArgs(self._global_step)
 
   def after_run(self, run_context, run_values):
+    self.steps_run += 1
     if run_values.results + 1 >= self._last_step:
       self._stop()
 

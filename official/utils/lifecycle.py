@@ -118,6 +118,16 @@ def epoch_record(epoch, global_step, seconds, examples, train_loss_mean, num_par
   return record
 
 
+def recorded_epochs(model_dir, last_step_of, checkpoint_step):
+  """Epochs an earlier run of model_dir trained and recorded: metrics.json has the epoch's
+  record at last_step_of(epoch) and the checkpoint (at checkpoint_step) is at or past it. A
+  rerun skips them: evaluating again would record the newest checkpoint under an old epoch."""
+  return {record['epoch'] for record in run_record.read_metrics(model_dir)
+          if 'accuracy' in record and isinstance(record.get('epoch'), int)
+          and last_step_of(record['epoch']) is not None
+          and record.get('global_step') == last_step_of(record['epoch']) <= checkpoint_step}
+
+
 def should_stop(settings, record):
   """Whether training ends after this record: --max_train_steps reached, or an evaluation at
   --stop_threshold (which it says)."""

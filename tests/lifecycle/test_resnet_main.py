@@ -93,10 +93,14 @@ def test_resume_continues_to_the_target_and_does_not_retrain(tmp_path, learnable
   assert second['eval_results']['global_step'] == 16
   again = _run_main(tmp_path, learnable_idx_dir, ['--train_epochs=2'])
   assert again['eval_results']['global_step'] == 16
+  # A rerun keeps the records of the epochs it finds trained and recorded (evaluating them
+  # again would record the newest checkpoint under an old epoch); with nothing left to train
+  # it evaluates the last checkpoint once.
   records = run_record.read_metrics(str(tmp_path / 'model'))
   assert [r.get('epoch', r.get('event')) for r in records] == [
-      1, 'finished', 1, 2, 'finished', 1, 2, 'finished']
-  assert records[-2]['seconds'] == 0.0  # nothing left to train
+      1, 'finished', 2, 'finished', 'eval_only', 'finished']
+  assert [r['global_step'] for r in records if 'accuracy' in r] == [8, 16, 16]
+  assert records[-2]['accuracy'] == again['eval_results']['accuracy']
 
 
 @pytest.mark.slow

@@ -174,8 +174,8 @@ def _grouping_runs(tmp_path):
              _alexnet_epochs([0.9, 0.95]) + [{'event': 'finished'}])
   _write_run(str(root / 'resnet' / 'report_1ep'), {
       'model': 'resnet', 'train_epochs': 1, 'lr_schedule': 'step', 'batch_norm_batches': 0,
-      'batch_norm_decay': 0.997}, [{'epoch': 1, 'accuracy': 0.9821, 'seconds': 300.0},
-                                   {'event': 'finished'}])
+      'batch_norm_decay': 0.997, 'transcribed': 'figures of an earlier version'},
+             [{'epoch': 1, 'accuracy': 0.9821, 'seconds': 300.0}, {'event': 'finished'}])
   return report.load_runs([str(root)], use_tf_fallbacks=False)
 
 
@@ -185,7 +185,7 @@ def test_the_report_s_figures_stand_beside_its_settings_redone(tmp_path):
   assert [(row[0].strip('| '), row[3], row[4].strip(' |')) for row in rows] == [
       ('AlexNet, 5 epochs', '0.6400', 'runs/alexnet/report_5ep'),
       ('AlexNet, 10 epochs', 'not run', '-'),
-      ('ResNet, 1 epoch', '0.9821', 'runs/resnet/report_1ep'),
+      ('ResNet, 1 epoch', '0.9821', 'runs/resnet/report_1ep (records transcribed)'),
       ('ResNet, 3 epochs', 'not run', '-'), ('ResNet, 6 epochs', 'not run', '-')]
 
 
