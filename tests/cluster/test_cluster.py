@@ -218,13 +218,14 @@ def test_a_killed_worker_rejoins_and_training_finishes_consistently(tmp_path):
   worker = None
   try:
     chief.wait_for(lambda l: run_record.SESSION_READY in l)
-    worker = Process(members['worker0'])
-    before = int(STEP_LINE.match(worker.wait_for(STEP_LINE.match)).group(2))
-    worker.kill()
-    # The chief is paused while the worker restarts, so that a fast machine cannot finish the
-    # run before the worker is back; the worker needs only the ps to train.
+    # The chief is paused from here until the restarted worker trains, so that it cannot finish
+    # the run first (a loaded CI run: the chief reached step 1490 of 1500 while the worker
+    # started); the worker needs only the ps to train.
     os.killpg(chief.process.pid, signal.SIGSTOP)
     try:
+      worker = Process(members['worker0'])
+      before = int(STEP_LINE.match(worker.wait_for(STEP_LINE.match)).group(2))
+      worker.kill()
       worker = Process(members['worker0'])
       ready = worker.wait_for(lambda l: run_record.SESSION_READY in l)
       rejoined_at = int(ready.rsplit(' ', 1)[1])
