@@ -353,6 +353,9 @@ class Configuration(object):
     first = runs[0]
     self.model = first.model
     self.name = first.configuration
+    if self.name == REPORT_CONFIGURATION:  # the report ran its settings at several lengths
+      epochs = first.flags.get('train_epochs')
+      self.name += ', %s epoch%s' % (epochs, '' if epochs == 1 else 's')
     seeds = '%d seeds' % len(runs) if len(runs) > 1 else 'seed %s' % first.flags.get('seed', 0)
     self.label = '%s, %s (%s)' % (MODEL_TITLES.get(self.model, self.model), self.name, seeds)
 

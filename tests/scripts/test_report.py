@@ -194,7 +194,8 @@ def test_seeds_of_one_configuration_are_one_row_and_one_line(tmp_path):
   configs = report.configurations(runs)
   assert [(c.label, len(c.runs)) for c in configs] == [
       ('AlexNet, fast (3 seeds)', 3), ('AlexNet, fast (seed 0)', 1),
-      ('AlexNet, report settings (seed 0)', 1), ('ResNet, report settings (seed 0)', 1)]
+      ('AlexNet, report settings, 5 epochs (seed 0)', 1),
+      ('ResNet, report settings, 1 epoch (seed 0)', 1)]
   fast = configs[0]
   xs, medians, lows, highs = fast.curve(lambda p: p['epoch'], lambda p: p['accuracy'])
   assert xs == [1, 2] and medians == [0.98, 0.9926] and lows == [0.97, 0.9910]
