@@ -345,6 +345,11 @@ def format_table(runs, seed_report=True):
   return '\n'.join(lines)
 
 
+def _epochs(count):
+  """'1 epoch', '3 epochs'."""
+  return '%s epoch%s' % (count, '' if count == 1 else 's')
+
+
 class Configuration(object):
   """Runs that differ only in their seed: their label and final accuracies."""
 
@@ -354,8 +359,7 @@ class Configuration(object):
     self.model = first.model
     self.name = first.configuration
     if self.name == REPORT_CONFIGURATION:  # the report ran its settings at several lengths
-      epochs = first.flags.get('train_epochs')
-      self.name += ', %s epoch%s' % (epochs, '' if epochs == 1 else 's')
+      self.name += ', ' + _epochs(first.flags.get('train_epochs'))
     seeds = '%d seeds' % len(runs) if len(runs) > 1 else 'seed %s' % first.flags.get('seed', 0)
     self.label = '%s, %s (%s)' % (MODEL_TITLES.get(self.model, self.model), self.name, seeds)
 
@@ -424,8 +428,8 @@ def format_report_comparison(runs):
   for model, epochs, accuracy, how in SEED_REPORT:
     ours = [r for r in runs if r.model == model and r.report_settings and
             r.last_accuracy_point and r.last_accuracy_point['epoch'] == epochs]
-    lines.append('| %s, %d epoch%s | %.4f | %s | %s | %s |' % (
-        MODEL_TITLES[model], epochs, '' if epochs == 1 else 's', accuracy, how,
+    lines.append('| %s, %s | %.4f | %s | %s | %s |' % (
+        MODEL_TITLES[model], _epochs(epochs), accuracy, how,
         ', '.join('%.4f' % r.last_accuracy_point['accuracy'] for r in ours) or 'not run',
         ', '.join(r.name + (' (records transcribed)' if r.flags.get('transcribed') else '')
                   for r in ours) or '-'))

@@ -35,6 +35,8 @@ PLACEHOLDER = re.compile(r'[<>*{}$]|\.\.\.|\b(DIR|NAME|FILE|PATH|EXPORT|VERSION)
 FOREIGN_FLAGS = frozenset(['rest_api_timeout_in_ms', 'max_num_load_retries',
                            'load_retry_interval_micros', 'model_config_file', 'dir', 'all',
                            'dist'])
+# A --flag in a command or code span; flags are lower case, so --X in `--X=V` is a placeholder.
+FLAG = re.compile(r'(?<![\w-])--([a-z0-9_]+)')
 # absl's own flags, which every command takes.
 ABSL_FLAGS = frozenset(['flagfile', 'undefok', 'help', 'helpshort', 'helpfull', 'helpxml',
                         'only_check_args', 'logtostderr', 'verbosity'])
@@ -290,12 +292,12 @@ def test_every_flag_the_docs_show_is_one_its_command_takes(known_flags):
     own, _, passed_on = line.partition(' -- ')
     for part, takes in ((own, known_flags[program]),
                         (passed_on, known_flags['mnist_cnn.resnet_main'])):
-      for flag in re.findall(r'(?<![\w-])--([a-z0-9_]+)', part):
+      for flag in FLAG.findall(part):
         if flag not in takes and flag not in ('helpfull', 'help', 'helpshort'):
           wrong.append('%s:%d --%s (not a flag of %s)' % (doc, number, flag, program))
   for doc, number, code in _prose():
     program = _program_of(code)
-    for flag in re.findall(r'(?<![\w-])--([a-z0-9_]+)', code):
+    for flag in FLAG.findall(code):
       if not (flag in known_flags[program] if program else _anyone_takes(known_flags, flag)):
         wrong.append('%s:%d --%s (no command takes it)' % (doc, number, flag))
   assert wrong == [], '\n'.join(wrong)

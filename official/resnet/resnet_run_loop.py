@@ -307,10 +307,11 @@ class _Run(object):
         session_creation_timeout_secs=self.cluster_timeout_s)
     pretrained = self.loop_settings.pretrained_model_checkpoint_path
     # Everything but the final dense layer, whose class count may differ.
-    warm_start = pretrained and tf.estimator.WarmStartSettings(pretrained, '^(?!.*dense)')
+    warm_start = (tf.estimator.WarmStartSettings(pretrained, '^(?!.*dense)') if pretrained
+                  else None)
     return tf.estimator.Estimator(model_fn=self.model_fn, model_dir=settings.model_dir,
                                   config=run_config, params=self.params,
-                                  warm_start_from=warm_start or None)
+                                  warm_start_from=warm_start)
 
   def _input_fn(self, is_training, num_epochs, input_context=None):
     """The input function called with the keywords it takes. Under a strategy each replica's
