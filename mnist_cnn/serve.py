@@ -4,8 +4,9 @@
 
 Serves the highest integer version under --model_base_path and switches to a newer one when it
 appears (polled every --file_system_poll_wait_seconds), letting requests on the old version
-finish first. Endpoints, request and response bodies and error statuses are TF Serving's (see
-api_rest.md in tensorflow/serving), so the same client code works against either:
+finish first; a retired version's memory is freed once its last request ends. Endpoints,
+request and response bodies and error statuses are TF Serving's (see api_rest.md in
+tensorflow/serving), so the same client code works against either:
 
   GET  /v1/models/{name}[/versions/{v}]              version status
   GET  /v1/models/{name}[/versions/{v}]/metadata     signature defs
@@ -112,6 +113,7 @@ async def serve(flags_obj, ready=None):
   """Runs the server until SIGTERM/SIGINT (or until `ready`'s stop event, for tests)."""
   if not os.path.isdir(flags_obj.model_base_path):
     raise ValueError('--model_base_path %s is not a directory' % flags_obj.model_base_path)
+  models.map_large_blocks()  # before the first load: see there
   loop = asyncio.get_running_loop()
   log = rest_api.RateLimitedLog()
   # asyncio reports failed accepts (no file descriptors left) through this, once a second.

@@ -141,6 +141,7 @@ class Batcher(object):
         del self._open[batch.key]  # taken by a worker: later requests start a new batch
       batch.timer.cancel()
       await self._run_batch(batch.version, batch.signature, batch.pending)
+      del batch  # waiting for the next one must not keep this one's version (and feeds) alive
 
   async def _run_batch(self, version, signature, pending):
     # A request whose client is gone (timed out, disconnected) is not computed.
