@@ -32,6 +32,7 @@ import tensorflow as tf
 from mnist_cnn.serving import batching
 from mnist_cnn.serving import inference_graph
 from mnist_cnn.serving import json_tensors
+from mnist_cnn.serving import memory
 from mnist_cnn.serving import models
 from mnist_cnn.serving import rest_api
 
@@ -113,7 +114,7 @@ async def serve(flags_obj, ready=None):
   """Runs the server until SIGTERM/SIGINT (or until `ready`'s stop event, for tests)."""
   if not os.path.isdir(flags_obj.model_base_path):
     raise ValueError('--model_base_path %s is not a directory' % flags_obj.model_base_path)
-  models.map_large_blocks()  # before the first load: see there
+  memory.map_large_blocks()  # before the first load: see there
   loop = asyncio.get_running_loop()
   log = rest_api.RateLimitedLog()
   # asyncio reports failed accepts (no file descriptors left) through this, once a second.

@@ -3,12 +3,10 @@
 `ModelManager` keeps the highest loadable version under the base path loaded and retires the
 one it replaces once drained; a `LoadedVersion` is one SavedModel in a Session, with its
 signatures and a callable per signature. Request JSON is json_tensors.py's, merging requests
-batching.py's, the HTTP side rest_api.py's.
+batching.py's, the HTTP side rest_api.py's, what memory a swap gives back memory.py's.
 """
 
 import asyncio
-import contextlib
-import gc
 import os
 import threading
 import time
@@ -20,6 +18,7 @@ from google.protobuf import json_format
 from tensorflow.core.protobuf import config_pb2
 
 from mnist_cnn.serving import inference_graph
+from mnist_cnn.serving import memory
 from official.utils import export
 from official.utils import precision
 
@@ -317,100 +316,10 @@ def _load(path, session_config):
   return session, meta_graph
 
 
-def _load_libc():
-  try:
-    import ctypes  # pylint: disable=g-import-not-at-top
-    libc = ctypes.CDLL('libc.so.6')
-    return libc if hasattr(libc, 'malloc_trim') and hasattr(libc, 'mallopt') else None
-  except OSError:  # not glibc
-    return None
-
-
-_LIBC = _load_libc()
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-LOAD_MMAP_THRESHOLD_BYTES = 128 * 1024
-SERVE_MMAP_THRESHOLD_BYTES = 4 * 1024 * 1024
-TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
-
-
-def map_large_blocks():
-  """Fixes glibc's thresholds for serving; returns False where it cannot (not glibc, or the
-  user set MALLOC_MMAP_THRESHOLD_ or MALLOC_TRIM_THRESHOLD_), and then loading() does nothing.
-
-  glibc maps blocks of 128 KiB or more on their own, but raises that threshold to the size of
-  each mapped block freed (up to 32 MiB): once the first version's weights and load-time copies
-  were freed, the next version's came from the heap, whose holes stay. Over 100 swaps of a
-  40-step AlexNet export RSS wandered between 630 and 751 MB (612 after the first load).
-  What a version keeps is allocated while it loads, so loads map every block of 128 KiB or
-  more (see loading()): 592 -> 598 MB over 40 swaps. Requests allocate from the heap, with
-  blocks of up to 4 MiB and a 64 MiB trim threshold (glibc's own upper values): fixed at 128
-  KiB for requests too, the trim threshold fixed with it returned the heap's top after each call
-  for the next one to fault in again (batch-1 p50 +13% AlexNet, +18% ResNet-18); fixed at 4 MiB
-  for loads too, RSS wandered again (591 -> 642 MB over 33 AlexNet swaps).
-  """
-  global _TUNED
-  if _LIBC is None or any(name in os.environ for name in ('MALLOC_MMAP_THRESHOLD_',
-                                                          'MALLOC_TRIM_THRESHOLD_')):
-    return False
-  _TUNED = bool(_LIBC.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) and
-                _LIBC.mallopt(_M_MMAP_THRESHOLD, SERVE_MMAP_THRESHOLD_BYTES))
-  return _TUNED
-
-
-_TUNED = False
-
-
-@contextlib.contextmanager
-def loading():
-  """While a version loads (after map_large_blocks), blocks of 128 KiB or more are mapped: its
-  weights and every load-time copy go back to the system when freed."""
-  if _TUNED:
-    _LIBC.mallopt(_M_MMAP_THRESHOLD, LOAD_MMAP_THRESHOLD_BYTES)
-  try:
-    yield
-  finally:
-    if _TUNED:
-      _LIBC.mallopt(_M_MMAP_THRESHOLD, SERVE_MMAP_THRESHOLD_BYTES)
-
-
 def load_version(*args):
   """LoadedVersion(*args), loaded inside loading()."""
-  with loading():
+  with memory.loading():
     return LoadedVersion(*args)
-
-
-def release_memory():
-  """Frees garbage and hands the pages back to the system: after a large request, and after a
-  version loads (freezing and optimising its graph peaks at several times the final size).
-
-  A 16 MiB request's JSON is ~80 MB of Python lists. A refused request's exception traceback
-  holds them in a reference cycle, and having lived through the parse they sit in the oldest
-  garbage-collector generation, which is rarely collected; once freed, glibc keeps the pages in
-  its per-thread arenas. Two such requests left the server 25% larger for good (592 -> 737 MB).
-  """
-  gc.collect()
-  if _LIBC is not None:
-    _LIBC.malloc_trim(0)
-
-
-def keep_out_of_collections():
-  """Moves every object alive now out of the garbage collector's way (gc.freeze).
-
-  A loaded graph is hundreds of thousands of long-lived Python objects; the JSON of every
-  request allocates enough to trigger collections that would walk them all again (measured:
-  JSON parsing 1.2 -> 0.1 ms with them frozen). Frozen objects are never collected, though, and
-  a graph is full of reference cycles: frozen with the version that served it, a retired
-  version's graph stayed in memory for good (+60 to +80 MB per AlexNet swap). So only what is
-  served is frozen: the manager calls this after a load with nothing left to retire, and after
-  each retirement, once `collect_all` has freed the retired version.
-  """
-  gc.freeze()
-
-
-def collect_all():
-  """Collects everything, frozen objects included, and returns the freed pages to the system."""
-  gc.unfreeze()
-  release_memory()
 
 
 def retire(holder):
@@ -429,7 +338,7 @@ def retire(holder):
   del version
   for attempt in range(3):  # a thread finishing the last call may hold it a moment longer
     time.sleep(0.1 * attempt)
-    collect_all()
+    memory.collect_all()
     if all(ref() is None for ref in alive):
       return drained, True
   return drained, False
@@ -498,7 +407,7 @@ class ModelManager(object):
         self._record_failure(version, path, e)
         continue
       self._failed.pop(version, None)
-      await loop.run_in_executor(self._executor, release_memory)
+      await loop.run_in_executor(self._executor, memory.release_memory)
       self._switch(loaded, 'serving %s version %d (%s), signatures: %s; %s' % (
           self.name, version, path, ', '.join(sorted(loaded.signatures)), loaded.describe()))
       return True
@@ -512,7 +421,7 @@ class ModelManager(object):
     old, self.current = self.current, loaded
     log(message)
     if old is None:
-      keep_out_of_collections()
+      memory.keep_out_of_collections()
     else:
       log('retiring version %d once its requests finish' % old.version)
       task = asyncio.ensure_future(self._retire([old]))
@@ -530,7 +439,7 @@ class ModelManager(object):
     while not holder[0].drained and loop.time() < deadline:
       await asyncio.sleep(0.05)
     drained, freed = await loop.run_in_executor(self._executor, retire, holder)
-    keep_out_of_collections()
+    memory.keep_out_of_collections()
     self.retired.append((version, freed))
     log('retired version %d%s: %s' % (
         version, '' if drained else ' (requests still running after %.0f s were cut off)' %

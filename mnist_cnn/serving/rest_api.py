@@ -15,6 +15,7 @@ from aiohttp import web_server
 import orjson
 
 from mnist_cnn.serving import json_tensors
+from mnist_cnn.serving import memory
 from mnist_cnn.serving import models
 
 # /v1/models/{name}[/versions/{digits} | /labels/{label}][:verb | /metadata]: TF Serving's paths.
@@ -118,7 +119,7 @@ class RestApi(object):
       return _error(413, 'Request body is larger than the limit of %d bytes' % (
           e.max_size if hasattr(e, 'max_size') else request.client_max_size))
 
-  # After a body this large, freed memory is handed back (models.release_memory).
+  # After a body this large, freed memory is handed back (memory.release_memory).
   RELEASE_AFTER_BYTES = 1024 * 1024
 
   async def _parse(self, size, fn, *args):
@@ -144,7 +145,7 @@ class RestApi(object):
           # Later, once this request's frames and tasks are gone too.
           loop = asyncio.get_running_loop()
           loop.call_later(0.2, loop.run_in_executor, self.parse_executor,
-                          models.release_memory)
+                          memory.release_memory)
       return await self._infer_body(request, name, version, verb, raw, state)
     finally:
       self._arrived(state)

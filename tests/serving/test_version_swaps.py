@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mnist_cnn import serve
+from mnist_cnn.serving import memory
 from mnist_cnn.serving import models
 from tests import server_helpers
 from tests.conftest import parse_flags
@@ -133,6 +134,6 @@ def test_large_blocks_are_mapped_unless_the_user_chose(monkeypatch, variable):
   monkeypatch.delenv('MALLOC_MMAP_THRESHOLD_', raising=False)
   monkeypatch.delenv('MALLOC_TRIM_THRESHOLD_', raising=False)
   monkeypatch.setenv(variable, '65536')
-  assert not models.map_large_blocks()  # the user's setting stands
+  assert not memory.map_large_blocks()  # the user's setting stands
   monkeypatch.delenv(variable)
-  assert models.map_large_blocks() == (models._LIBC is not None)  # pylint: disable=protected-access
+  assert memory.map_large_blocks() == (memory._LIBC is not None)  # pylint: disable=protected-access
