@@ -145,11 +145,13 @@ def run(export_dirs, swaps, server_flags, interval_s, hold_s=0.5, progress=None)
     client.join(60)
     server.stop()
     shutil.rmtree(base, ignore_errors=True)
-  return _summary(client.calls, expected, served_at, published_at, len(export_dirs), rss_first,
+  return summary(client.calls, expected, served_at, published_at, len(export_dirs), rss_first,
                   rss, swap_s, server.log)
 
 
-def _summary(calls, expected, served_at, published_at, kinds, rss_first, rss, swap_s, log):
+def summary(calls, expected, served_at, published_at, kinds, rss_first, rss, swap_s, log):
+  """The summary row of a run: calls are (sent, answered, status, answer); expected[k] is the
+  answer of export k; version v (from 1) serves export (v - 1) % kinds."""
   failed = [c for c in calls if c[2] != 200]
   checked = wrong = 0
   distinct = kinds > 1 and not np.allclose(expected[0], expected[1], atol=1e-6)

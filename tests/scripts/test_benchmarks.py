@@ -5,10 +5,12 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks import cluster_scaling
 from benchmarks import serving_abuse
+from benchmarks import serving_swaps
 from mnist_cnn.serving import inference_graph
 from official.utils import export
 from official.utils import precision
@@ -112,6 +114,31 @@ def test_abuse_probe_runs_every_case_in_quick_mode(exports, capsys):
   failed = [r for r in rows if not r['ok'] and 'RSS' not in r['expected']]
   assert failed == []
   assert '| case |' in capsys.readouterr().out
+
+
+def test_swap_benchmark_counts_an_answer_of_the_retired_version():
+  a, b = np.array([0.9, 0.1]), np.array([0.2, 0.8])
+  served_at = {1: 0.0, 2: 10.0, 3: 20.0}  # versions 1 and 3 are export a, 2 is b
+  published_at = {2: 9.0, 3: 19.0}
+  calls = [(1.0, 1.1, 200, a), (11.0, 11.1, 200, b), (12.0, 12.1, 200, a),  # 12: version 1's
+           (18.9, 19.5, 200, a),  # answered after version 3 appeared: either is right
+           (21.0, 21.1, 503, b'the model is being replaced; retry')]
+  row = serving_swaps.summary(calls, {0: a, 1: b}, served_at, published_at, 2, 500.0,
+                              [510.0, 505.0], [1.0, 1.0], ['retired version 1: its memory is freed'])
+  assert (row['answers_checked'], row['answers_from_another_version']) == (3, 1)
+  assert row['failed'] == 1 and row['rss_last_over_first'] == pytest.approx(1.01)
+
+
+@pytest.mark.slow
+def test_swap_benchmark_checks_answers_and_memory(exports, capsys):
+  row = serving_swaps.main(['--export_dir=' + exports['alexnet'],
+                            '--second_export_dir=' + exports['alexnet_2'], '--swaps=3',
+                            '--hold_s=0.3'])
+  assert row['swaps'] == 3 and row['requests'] > 0 and row['failed'] == 0
+  assert row['exports_differ'] and row['answers_checked'] > 0  # the two exports tell apart
+  assert row['answers_from_another_version'] == 0 and row['still_referenced'] == 0
+  out = capsys.readouterr().out
+  assert len(re.findall(r'^swap \d: version \d served .* RSS \d+ MB$', out, re.M)) == 3
 
 
 @pytest.mark.slow
