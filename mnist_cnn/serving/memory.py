@@ -34,7 +34,7 @@ def map_large_blocks():
   were freed, the next version's came from the heap, whose holes stay. Over 100 swaps of a
   40-step AlexNet export RSS wandered between 630 and 751 MB (612 after the first load).
   What a version keeps is allocated while it loads, so loads map every block of 128 KiB or
-  more (see loading()): 592 -> 598 MB over 40 swaps. Requests allocate from the heap, with
+  more (see loading()): 583 -> 590 MB over 300 swaps. Requests allocate from the heap, with
   blocks of up to 4 MiB and a 64 MiB trim threshold (glibc's own upper values): fixed at 128
   KiB for requests too, the trim threshold fixed with it returned the heap's top after each call
   for the next one to fault in again (batch-1 p50 +13% AlexNet, +18% ResNet-18); fixed at 4 MiB
@@ -55,7 +55,8 @@ _TUNED = False
 @contextlib.contextmanager
 def loading():
   """While a version loads (after map_large_blocks), blocks of 128 KiB or more are mapped: its
-  weights and every load-time copy go back to the system when freed."""
+  weights and every load-time copy go back to the system when freed. The threshold is the
+  process's: requests answered during a load map their large blocks too, a little slower."""
   if _TUNED:
     _LIBC.mallopt(_M_MMAP_THRESHOLD, LOAD_MMAP_THRESHOLD_BYTES)
   try:
@@ -86,7 +87,7 @@ def keep_out_of_collections():
   request allocates enough to trigger collections that would walk them all again (measured:
   JSON parsing 1.2 -> 0.1 ms with them frozen). Frozen objects are never collected, though, and
   a graph is full of reference cycles: frozen with the version that served it, a retired
-  version's graph stayed in memory for good (+60 to +80 MB per AlexNet swap). So only what is
+  version's graph stayed in memory for good (+55 MB per AlexNet swap). So only what is
   served is frozen: the manager calls this after a load with nothing left to retire, and after
   each retirement, once `collect_all` has freed the retired version.
   """
