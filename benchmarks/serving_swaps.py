@@ -29,37 +29,15 @@ import time
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PATH = '/v1/models/mnist:predict'
+sys.path.insert(0, REPO)
 
-
-def rss_mb(pid):
-  with open('/proc/%d/status' % pid) as f:
-    for line in f:
-      if line.startswith('VmRSS:'):
-        return int(line.split()[1]) / 1024
-  raise RuntimeError('no VmRSS for process %d' % pid)
-
-
-def version_served(port):
-  connection = http.client.HTTPConnection('127.0.0.1', port, timeout=30)
-  try:
-    connection.request('GET', '/v1/models/mnist')
-    response = connection.getresponse()
-    body = json.loads(response.read())
-    return int(body['model_version_status'][0]['version']) if response.status == 200 else None
-  except (OSError, http.client.HTTPException, ValueError):
-    return None
-  finally:
-    connection.close()
+from benchmarks import serving_abuse  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def wait_for(condition, timeout, what):
-  deadline = time.monotonic() + timeout
-  while time.monotonic() < deadline:
-    if condition():
-      return
-    time.sleep(0.05)
-  raise RuntimeError('timed out after %.0f s waiting for %s' % (timeout, what))
+  """serving_abuse.wait_for, raising where it would give None."""
+  if serving_abuse.wait_for(condition, timeout) is None:
+    raise RuntimeError('timed out after %.0f s waiting for %s' % (timeout, what))
 
 
 class Client(threading.Thread):
@@ -80,7 +58,7 @@ class Client(threading.Thread):
     while not self.stopping.is_set():
       sent = time.monotonic()
       try:
-        connection.request('POST', PATH, body=self.body)
+        connection.request('POST', serving_abuse.PATH, body=self.body)
         response = connection.getresponse()
         status, body = response.status, response.read()
         answer = (np.array(json.loads(body)['predictions'][0]['probabilities'])
@@ -108,7 +86,7 @@ def publish(source, base, version):
 def run(export_dirs, swaps, server_flags, interval_s, hold_s=0.5, progress=None):
   """Returns the summary row (a dict) of `swaps` swaps of alternating exports."""
   progress = progress or (lambda line: print(line, flush=True))
-  sys.path.insert(0, REPO)
+  # Here, not above: it imports TensorFlow, which --help need not wait for.
   from benchmarks import serving  # pylint: disable=g-import-not-at-top
   base = tempfile.mkdtemp(prefix='serving_swaps_')
   publish(export_dirs[0], base, 1)
@@ -119,14 +97,15 @@ def run(export_dirs, swaps, server_flags, interval_s, hold_s=0.5, progress=None)
     started = time.monotonic()
     client.start()
     expected = {0: client.answer_after(started, count=20)}  # the first load settles
-    rss_first = rss_mb(pid)
+    rss_first = serving_abuse.rss_mb(pid)
     progress('after the first load settled: %.0f MB' % rss_first)
     served_at, published_at, rss, swap_s = {1: started}, {}, [], []
     for version in range(2, swaps + 2):
       source = export_dirs[(version - 1) % len(export_dirs)]
       began = published_at[version] = time.monotonic()
       publish(source, base, version)
-      wait_for(lambda: version_served(server.port) == version, 300, 'version %d' % version)
+      wait_for(lambda: serving_abuse.version_served(server.port) == version, 300,
+               'version %d' % version)
       served_at[version] = time.monotonic()
       swap_s.append(served_at[version] - began)
       shutil.rmtree(os.path.join(base, str(version - 1)))
@@ -136,7 +115,7 @@ def run(export_dirs, swaps, server_flags, interval_s, hold_s=0.5, progress=None)
       if kind not in expected:
         expected[kind] = client.answer_after(served_at[version])
       time.sleep(hold_s)  # the client's answers now are the new version's alone
-      rss.append(rss_mb(pid))
+      rss.append(serving_abuse.rss_mb(pid))
       progress('swap %d: version %d served %.1f s after it appeared, RSS %.0f MB' % (
           version - 1, version, swap_s[-1], rss[-1]))
     client.answer_after(time.monotonic())
@@ -146,7 +125,7 @@ def run(export_dirs, swaps, server_flags, interval_s, hold_s=0.5, progress=None)
     server.stop()
     shutil.rmtree(base, ignore_errors=True)
   return summary(client.calls, expected, served_at, published_at, len(export_dirs), rss_first,
-                  rss, swap_s, server.log)
+                 rss, swap_s, server.log)
 
 
 def summary(calls, expected, served_at, published_at, kinds, rss_first, rss, swap_s, log):
@@ -208,7 +187,6 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.swaps < 1:
     parser.error('--swaps must be at least 1')
-  sys.path.insert(0, REPO)
   from mnist_cnn import predict  # pylint: disable=g-import-not-at-top
   try:
     exports = [predict.resolve_export(d) for d in filter(None, (args.export_dir,

@@ -123,8 +123,9 @@ def test_swap_benchmark_counts_an_answer_of_the_retired_version():
   calls = [(1.0, 1.1, 200, a), (11.0, 11.1, 200, b), (12.0, 12.1, 200, a),  # 12: version 1's
            (18.9, 19.5, 200, a),  # answered after version 3 appeared: either is right
            (21.0, 21.1, 503, b'the model is being replaced; retry')]
+  log = ['retired version 1: its memory is freed']
   row = serving_swaps.summary(calls, {0: a, 1: b}, served_at, published_at, 2, 500.0,
-                              [510.0, 505.0], [1.0, 1.0], ['retired version 1: its memory is freed'])
+                              [510.0, 505.0], [1.0, 1.0], log)
   assert (row['answers_checked'], row['answers_from_another_version']) == (3, 1)
   assert row['failed'] == 1 and row['rss_last_over_first'] == pytest.approx(1.01)
 
