@@ -33,6 +33,7 @@ from official.utils import learning_rate
 from official.utils import lifecycle
 from official.utils import precision
 from official.utils import session_config
+from official.utils import weight_averages
 from official.utils.flags import core as flags_core
 from official.utils.logs import hooks_helper
 from official.utils.logs import run_record
@@ -55,6 +56,7 @@ class AlexNetSettings(object):
   lr_schedule: str
   label_smoothing: float
   report_words: bool
+  shift_pixels: int
 
 
 def define_alexnet_flags(flag_values=flags.FLAGS):
@@ -85,6 +87,10 @@ def define_alexnet_flags(flag_values=flags.FLAGS):
                     'from --learning_rate to zero over --train_epochs.', **fv)
   flags.DEFINE_float('label_smoothing', 0.0, 'Label smoothing of the training targets (0..1).',
                      **fv)
+  flags.DEFINE_integer('shift_pixels', 0, 'Shift each training image by up to this many pixels '
+                       'at random (zero padding, random crop; 0: off, as the report).', **fv)
+  flags.register_validator('shift_pixels', lambda v: v >= 0,
+                           message='--shift_pixels must be zero or more', **fv)
   flags.register_validator('label_smoothing', lambda v: 0 <= v < 1,
                            message='--label_smoothing must be in [0, 1)', **fv)
   flags.register_multi_flags_validator(
@@ -149,7 +155,7 @@ def train(settings, own, plan, data, checkpoint):
   evaluate, export."""
   with tf.Graph().as_default():
     tf.compat.v1.set_random_seed(settings.seed)
-    graph = _build_graph(settings, own, data)
+    graph, last_weights = _build_graph(settings, own, data)
     saver = tf.compat.v1.train.Saver(max_to_keep=MAX_CHECKPOINTS, save_relative_paths=True)
     runner = hooks_helper.HookedSessionRunner(hooks_helper.get_train_hooks(
         settings.hooks, settings.model_dir, settings.batch_size))
@@ -161,11 +167,12 @@ def train(settings, own, plan, data, checkpoint):
       _restore_or_init(sess, saver, init_op, checkpoint, settings.model_dir)
       runner.attach(sess)
       try:
-        record = _train_epochs(sess, runner, saver, graph, data, settings, own, checkpoint)
+        record = _train_epochs(sess, runner, saver, graph, last_weights, data, settings, own,
+                               checkpoint)
       finally:
         runner.end()
       if record.get('accuracy') is None:
-        record.update(_evaluation(sess, graph, data.test, own.eval_batch_size),
+        record.update(_evaluation(sess, graph, last_weights, data.test, own.eval_batch_size),
                       global_step=int(sess.run(graph.global_step)))
     checkpoint = tf.train.latest_checkpoint(settings.model_dir)
   if own.report_words:
@@ -177,20 +184,33 @@ def train(settings, own, plan, data, checkpoint):
   test_set = lambda: (data.test.images.reshape((-1,) + tuple(data.image_shape)),
                       np.argmax(data.test.labels, 1))
   return lifecycle.export_if_asked(settings, lambda export_dir: export_model(
-      checkpoint, export_dir, data.image_shape, data.num_classes, plan.dtype, test_set), record)
+      checkpoint, export_dir, data.image_shape, data.num_classes, plan.dtype, test_set,
+      averaged=bool(settings.ema_decay)), record)
 
 
 def _build_graph(settings, own, data):
+  """The training graph, and None; with --ema_decay, the graph whose train_op also updates
+  the averages and whose num_correct counts with them, and its count with the last weights."""
   steps_per_epoch = max(1, data.train.num_examples // settings.batch_size)
   decay_steps = int(own.lr_decay_epochs * steps_per_epoch) if own.lr_decay_epochs else None
   cosine = own.lr_schedule == 'cosine'
-  return alexnet_model.build_train_graph(
+  graph = alexnet_model.build_train_graph(
       data.image_shape, data.num_classes, own.learning_rate, optimizer=own.optimizer,
       init=own.init, seed=settings.seed,
       learning_rate_decay_steps=None if cosine else decay_steps,
       learning_rate_decay_rate=own.lr_decay_rate,
       cosine_decay_steps=steps_per_epoch * settings.train_epochs if cosine else None,
-      label_smoothing=own.label_smoothing)
+      label_smoothing=own.label_smoothing, shift_pixels=own.shift_pixels)
+  if not settings.ema_decay:
+    return graph, None
+  train_op, averages = weight_averages.apply_after(graph.train_op, settings.ema_decay,
+                                                   graph.global_step)
+  def shadows(variables):
+    return {name: averages.average(variable) for name, variable in variables.items()}
+  logits = alexnet_model.alexnet(graph.x, shadows(graph.weights), shadows(graph.biases), 1.0,
+                                 data.image_shape)
+  num_correct = alexnet_model.count_correct(logits, graph.y, name='num_correct_averaged')
+  return graph._replace(train_op=train_op, num_correct=num_correct), graph.num_correct
 
 
 def _restore_or_init(sess, saver, init_op, checkpoint, model_dir):
@@ -205,7 +225,7 @@ def _restore_or_init(sess, saver, init_op, checkpoint, model_dir):
   print('Resuming from %s' % checkpoint)
 
 
-def _train_epochs(sess, runner, saver, graph, data, settings, own, checkpoint):
+def _train_epochs(sess, runner, saver, graph, last_weights, data, settings, own, checkpoint):
   """Epochs from the checkpoint's to --train_epochs, each committed with its record; returns
   the last record ({} when nothing was left to train)."""
   step, start_epoch = sess.run([graph.global_step, graph.epoch])
@@ -224,7 +244,7 @@ def _train_epochs(sess, runner, saver, graph, data, settings, own, checkpoint):
         steps = min(steps, settings.max_train_steps - step)
       started = time.monotonic()
       losses = train_one_epoch(runner, graph, data.train, settings.batch_size, own.dropout,
-                               steps, stop)
+                               steps, stop, own.shift_pixels)
       seconds = time.monotonic() - started
       step += len(losses)
       epoch_done = len(losses) == steps_per_epoch
@@ -233,7 +253,7 @@ def _train_epochs(sess, runner, saver, graph, data, settings, own, checkpoint):
       evaluation = None
       if not stop.requested and ((epoch + 1) % settings.epochs_between_evals == 0 or
                                  epoch + 1 == settings.train_epochs or not epoch_done):
-        evaluation = _evaluation(sess, graph, data.test, own.eval_batch_size)
+        evaluation = _evaluation(sess, graph, last_weights, data.test, own.eval_batch_size)
       record = lifecycle.epoch_record(
           epoch + 1, step, seconds, len(losses) * settings.batch_size,
           float(np.mean(losses)), num_parameters, evaluation, epoch_complete=epoch_done,
@@ -248,13 +268,16 @@ def _train_epochs(sess, runner, saver, graph, data, settings, own, checkpoint):
   return record
 
 
-def train_one_epoch(runner, graph, train_set, batch_size, keep_prob, steps, stop):
+def train_one_epoch(runner, graph, train_set, batch_size, keep_prob, steps, stop,
+                    shift_pixels=0):
   """Up to `steps` training steps (fewer once Ctrl-C is requested); returns their losses."""
   losses = []
   for _ in range(steps):
     images, labels = train_set.next_batch(batch_size)
-    _, loss = runner.run([graph.train_op, graph.cross_entropy],
-                         {graph.x: images, graph.y: labels, graph.keep_prob: keep_prob})
+    feed = {graph.x: images, graph.y: labels, graph.keep_prob: keep_prob}
+    if graph.shift is not None:
+      feed[graph.shift] = shift_pixels
+    _, loss = runner.run([graph.train_op, graph.cross_entropy], feed)
     losses.append(loss)
     if stop.requested:
       break
@@ -271,16 +294,22 @@ def evaluate(sess, graph, dataset, batch_size):
   return correct / dataset.num_examples, int(correct)
 
 
-def _evaluation(sess, graph, dataset, batch_size):
+def _evaluation(sess, graph, last_weights, dataset, batch_size):
+  """The record's evaluation; with averages (last_weights: the count with the last weights),
+  the last weights' accuracy beside theirs, to show what averaging changed."""
   accuracy, correct = evaluate(sess, graph, dataset, batch_size)
-  return {'accuracy': accuracy, 'correct': correct, 'test_examples': dataset.num_examples}
+  result = {'accuracy': accuracy, 'correct': correct, 'test_examples': dataset.num_examples}
+  if last_weights is not None:
+    result['accuracy_last_weights'] = evaluate(
+        sess, graph._replace(num_correct=last_weights), dataset, batch_size)[0]
+  return result
 
 
 def export_model(checkpoint_path, export_dir, image_shape, num_classes, training_dtype,
-                 test_set=None):
+                 test_set=None, averaged=False):
   """Exports the checkpoint through export.export_model (both signatures; `images` also takes
-  flat [N, h*w*c] rows, as the report fed them; test_set as there); returns the export
-  path."""
+  flat [N, h*w*c] rows, as the report fed them; test_set and averaged as there); returns the
+  export path."""
   def build_outputs(images):
     flat = tf.reshape(images, [-1, int(np.prod(image_shape))])
     weights, biases = alexnet_model.make_variables(image_shape, num_classes)
@@ -288,7 +317,8 @@ def export_model(checkpoint_path, export_dir, image_shape, num_classes, training
     return {'classes': tf.argmax(logits, 1, name='classes'),
             'probabilities': tf.nn.softmax(logits, name='probabilities')}
   return export.export_model(export_dir, image_shape, build_outputs, checkpoint_path, 'fp32',
-                             training_dtype, accept_flat=True, test_set=test_set)
+                             training_dtype, accept_flat=True, test_set=test_set,
+                             averaged=averaged)
 
 
 def _print_epoch(epoch, record, report_words):

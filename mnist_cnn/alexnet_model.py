@@ -189,14 +189,36 @@ def make_optimizer(name, learning_rate):
   raise ValueError('unknown optimizer %r; choose one of %s' % (name, ', '.join(OPTIMIZERS)))
 
 
+def count_correct(logits, y, name='num_correct'):
+  """How many rows of logits pick the class of their one-hot row of y (int64 scalar)."""
+  return tf.reduce_sum(tf.cast(tf.equal(tf.argmax(logits, 1), tf.argmax(y, 1)), tf.int64),
+                       name=name)
+
+
+def shift_images(images, max_shift, pad):
+  """Moves each image of [B, h, w, c] by its own random whole-pixel offset in
+  [-max_shift, max_shift] along each axis, zeros filling in (zero padding, then a random
+  crop). max_shift may be a tensor (0: the images unchanged); pad is the largest it will be."""
+  height, width = int(images.shape[1]), int(images.shape[2])
+  padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+  starts = pad + tf.random.uniform([tf.shape(images)[0], 2], -max_shift, max_shift + 1,
+                                   dtype=tf.int32)
+  rows = starts[:, :1] + tf.range(height)[tf.newaxis]
+  columns = starts[:, 1:] + tf.range(width)[tf.newaxis]
+  shifted = tf.gather(padded, rows, axis=1, batch_dims=1)
+  return tf.gather(shifted, columns, axis=2, batch_dims=1)
+
+
 TrainGraph = collections.namedtuple('TrainGraph', [
     'x', 'y', 'keep_prob', 'logits', 'cross_entropy', 'train_accuracy', 'num_correct',
-    'learning_rate', 'train_op', 'global_step', 'epoch', 'increment_epoch', 'weights', 'biases'])
+    'learning_rate', 'train_op', 'global_step', 'epoch', 'increment_epoch', 'weights', 'biases',
+    'shift'])
 
 
 def build_train_graph(image_shape, num_classes, learning_rate, optimizer='adadelta', init='he',
                       seed=0, learning_rate_decay_steps=None, learning_rate_decay_rate=1.0,
-                      cosine_decay_steps=None, label_smoothing=0.0, inputs=None):
+                      cosine_decay_steps=None, label_smoothing=0.0, inputs=None,
+                      shift_pixels=0):
   """Builds the report's training graph in the default graph.
 
   Placeholders `x` [None, h*w*c] float, `y` one-hot [None, num_classes] and `keep_prob`
@@ -213,6 +235,8 @@ def build_train_graph(image_shape, num_classes, learning_rate, optimizer='adadel
       label_smoothing / num_classes (Szegedy et al. 2016); `cross_entropy` is against them.
     inputs: optional (images, one-hot labels) tensors, e.g. from tf.data, used in place of
       the `x` and `y` placeholders (which are then placeholders with these as defaults).
+    shift_pixels: when set, a `shift` placeholder (default 0: none) moves each image by up to
+      that many pixels (shift_images); the training loop feeds it, evaluations do not.
 
   Returns:
     TrainGraph of the tensors and ops the run loop needs.
@@ -231,14 +255,18 @@ def build_train_graph(image_shape, num_classes, learning_rate, optimizer='adadel
   increment_epoch = tf.compat.v1.assign_add(epoch, 1, name='increment_epoch')
 
   weights, biases = make_variables(image_shape, num_classes, init=init, seed=seed)
-  logits = alexnet(x, weights, biases, keep_prob, image_shape)
+  images, shift = x, None
+  if shift_pixels:
+    shift = tf.compat.v1.placeholder_with_default(0, [], name='shift')
+    images = shift_images(tf.reshape(x, [-1, height, width, channels]), shift, shift_pixels)
+  logits = alexnet(images, weights, biases, keep_prob, image_shape)
   targets = y * (1.0 - label_smoothing) + label_smoothing / num_classes if label_smoothing else y
   cross_entropy = tf.reduce_mean(
       tf.nn.softmax_cross_entropy_with_logits(labels=targets, logits=logits))
   cross_entropy = tf.identity(cross_entropy, name='cross_entropy')
-  correct = tf.equal(tf.argmax(logits, 1), tf.argmax(y, 1))
-  num_correct = tf.reduce_sum(tf.cast(correct, tf.int64), name='num_correct')
-  train_accuracy = tf.identity(tf.reduce_mean(tf.cast(correct, tf.float32)),
+  num_correct = count_correct(logits, y)
+  train_accuracy = tf.identity(tf.cast(num_correct, tf.float32) / tf.cast(tf.shape(y)[0],
+                                                                         tf.float32),
                                name='train_accuracy')
 
   rate = tf.constant(learning_rate, tf.float32)
@@ -251,4 +279,4 @@ def build_train_graph(image_shape, num_classes, learning_rate, optimizer='adadel
   rate = tf.identity(rate, name='learning_rate')
   train_op = make_optimizer(optimizer, rate).minimize(cross_entropy, global_step=global_step)
   return TrainGraph(x, y, keep_prob, logits, cross_entropy, train_accuracy, num_correct, rate,
-                    train_op, global_step, epoch, increment_epoch, weights, biases)
+                    train_op, global_step, epoch, increment_epoch, weights, biases, shift)

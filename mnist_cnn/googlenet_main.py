@@ -113,7 +113,7 @@ def googlenet_model_fn(features, labels, mode, params):
       learning_rate.from_params(params, BATCH_DENOM, BOUNDARY_FRACTIONS, DECAY_RATES),
       params['momentum'], loss_scale=params['loss_scale'], dtype=params['dtype'],
       fine_tune=params['fine_tune'], label_smoothing=params['label_smoothing'],
-      aux_loss_weight=params['aux_loss_weight'])
+      aux_loss_weight=params['aux_loss_weight'], ema_decay=params.get('ema_decay', 0.0))
 
 
 def run_googlenet(flags_obj):

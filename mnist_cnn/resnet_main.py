@@ -135,7 +135,7 @@ def mnist_model_fn(features, labels, mode, params):
       momentum=params['momentum'], data_format=params['data_format'],
       resnet_version=params['resnet_version'], loss_scale=params['loss_scale'],
       dtype=params['dtype'], fine_tune=params['fine_tune'],
-      label_smoothing=params['label_smoothing'])
+      label_smoothing=params['label_smoothing'], ema_decay=params.get('ema_decay', 0.0))
 
 
 def define_mnist_flags(flag_values=flags.FLAGS):

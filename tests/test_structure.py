@@ -19,7 +19,7 @@ LAYERS = (
     ('models', ('official.resnet.resnet_model', 'mnist_cnn.alexnet_model',
                 'mnist_cnn.googlenet_model')),
     ('model_fn', ('official.utils.classifier_model_fn', 'official.utils.learning_rate',
-                  'official.utils.precision')),
+                  'official.utils.precision', 'official.utils.weight_averages')),
     ('export', ('official.utils.export',)),
     ('lifecycle', ('official.utils.lifecycle', 'official.utils.run_dir',
                    'official.utils.batch_norm_statistics', 'official.utils.cluster_training',

@@ -187,7 +187,8 @@ def cifar10_model_fn(features, labels, mode, params):
       momentum=params['momentum'], data_format=params['data_format'],
       resnet_version=params['resnet_version'], loss_scale=params['loss_scale'],
       loss_filter_fn=lambda name: True, dtype=params['dtype'],
-      fine_tune=params['fine_tune'], label_smoothing=params['label_smoothing'])
+      fine_tune=params['fine_tune'], label_smoothing=params['label_smoothing'],
+      ema_decay=params.get('ema_decay', 0.0))
 
 
 def define_cifar_flags(flag_values=flags.FLAGS):

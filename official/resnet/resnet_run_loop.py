@@ -23,10 +23,9 @@ class, thread settings are computed instead of written back into the parsed flag
 resumes to the target epoch count instead of training it again, batch-norm variables are left
 out of weight decay by name, and the export is checked on the test set.
 
-The helpers live in their layers and are re-exported here under their r1 names: the record
-pipeline and synthetic input in official/data/, the serving receiver in official/utils/export.py,
-the schedules in official/utils/learning_rate.py, the flags in official/resnet/resnet_flags.py,
-the EstimatorSpec in official/utils/classifier_model_fn.py.
+The helpers live in their layers, re-exported here under their r1 names: the record pipeline
+and synthetic input in official/data/, the receiver in official/utils/export.py, the schedules
+in learning_rate.py, the flags in resnet_flags.py, the EstimatorSpec in classifier_model_fn.py.
 """
 
 import dataclasses
@@ -90,7 +89,7 @@ override_flags_and_set_envvars_for_gpu_thread_pool = (
 def resnet_model_fn(features, labels, mode, model_class, resnet_size, weight_decay,
                     learning_rate_fn, momentum, data_format, resnet_version, loss_scale,
                     loss_filter_fn=None, dtype=resnet_model.DEFAULT_DTYPE, fine_tune=False,
-                    label_smoothing=0.0):
+                    label_smoothing=0.0, ema_decay=0.0):
   """Shared functionality of the ResNet model_fns: the model, losses, optimizer and metrics.
 
   Builds model_class(resnet_size, data_format, resnet_version=resnet_version, dtype=dtype), as
@@ -99,7 +98,7 @@ def resnet_model_fn(features, labels, mode, model_class, resnet_size, weight_dec
   L2 norm of the variables loss_filter_fn keeps (default: all but batch norm's), momentum SGD
   at learning_rate_fn(global_step) after the batch-norm updates, with the loss scaled by
   loss_scale around the gradients. Features are cast to dtype here (the Model Garden asserted
-  that the input function had).
+  that the input function had). ema_decay (ours): evaluate averaged weights (weight_averages).
 
   Returns:
     tf.estimator.EstimatorSpec: predictions 'classes' int64 [B] and 'probabilities' float32
@@ -111,7 +110,7 @@ def resnet_model_fn(features, labels, mode, model_class, resnet_size, weight_dec
   return classifier_model_fn.estimator_spec(
       features, labels, mode, model, weight_decay, learning_rate_fn, momentum,
       loss_scale=loss_scale, loss_filter_fn=loss_filter_fn, dtype=dtype, fine_tune=fine_tune,
-      label_smoothing=label_smoothing)
+      label_smoothing=label_smoothing, ema_decay=ema_decay)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,9 +151,9 @@ def resnet_main(flags_obj, model_function, input_function, dataset_name, shape=N
       Model Garden's keys ('resnet_size', 'data_format', 'batch_size', 'resnet_version',
       'loss_scale', 'dtype' (a TensorFlow dtype), 'fine_tune', 'num_workers'), the recipe
       ('train_epochs', 'weight_decay', 'momentum', 'base_learning_rate', 'warmup_epochs',
-      'lr_schedule', 'label_smoothing', 'batch_norm_decay', which the model must be built
-      with: it is 0.0 while the statistics are recomputed), 'num_images' and 'num_classes'
-      when data says them, and model_params.
+      'lr_schedule', 'label_smoothing', 'ema_decay', 'batch_norm_decay', which the model must
+      be built with: it is 0.0 while the statistics are recomputed), 'num_images' and
+      'num_classes' when data says them, and model_params.
     input_function: input_fn(is_training, data_dir, batch_size, num_epochs=1, dtype=...,
       [datasets_num_private_threads, input_context, seed]) -> Dataset of (images, labels);
       called with the keywords it accepts.
@@ -230,7 +229,8 @@ def _params(recipe, model_size, plan, data, settings, placement):
                 train_epochs=settings.train_epochs, weight_decay=recipe.weight_decay,
                 momentum=recipe.momentum, base_learning_rate=recipe.base_learning_rate,
                 warmup_epochs=recipe.warmup_epochs, lr_schedule=recipe.lr_schedule,
-                label_smoothing=recipe.label_smoothing, batch_norm_decay=bn_decay)
+                label_smoothing=recipe.label_smoothing, batch_norm_decay=bn_decay,
+                ema_decay=settings.ema_decay)
   if data is not None:
     params.update(num_images=num_images, num_classes=data.num_classes)
   return params
@@ -298,9 +298,10 @@ class _Run(object):
     config = session_config.make(self.threads['inter_op_parallelism_threads'],
                                  settings.intra_op_parallelism_threads,
                                  onednn_bf16=self.plan.onednn_bf16, allow_soft_placement=True)
+    # A Saver of averages built in a replica restores its copies only: one device evaluates.
     run_config = tf.estimator.RunConfig(
-        train_distribute=placement.strategy,
-        eval_distribute=None if placement.cluster.distributed else placement.strategy,
+        train_distribute=placement.strategy, eval_distribute=(
+            None if placement.cluster.distributed or settings.ema_decay else placement.strategy),
         model_dir=settings.model_dir, tf_random_seed=settings.seed, session_config=config,
         save_checkpoints_secs=self.loop_settings.save_checkpoints_secs,
         keep_checkpoint_max=KEEP_CHECKPOINTS, log_step_count_steps=1000,

@@ -20,6 +20,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from official.utils import weight_averages
+
 STATISTICS = ('moving_mean', 'moving_variance')
 
 # Between recomputations (and with --batch_norm_batches=0) the moving averages remember ~1% of
@@ -55,7 +57,8 @@ def recompute(model_fn, params, input_fn, checkpoint_path, num_batches, config=N
       graph holds every variable of the checkpoint, optimizer slots included) with
       params['batch_norm_decay'] = 0.0, which it must hand its model, so that each step stores
       one batch's statistics (the models here do).
-    params: the model_fn's params.
+    params: the model_fn's params (with 'ema_decay' set, the statistics are computed with the
+      averaged weights, which evaluation uses).
     input_fn: () -> Dataset of (features, labels): the training pipeline (augmented as in
       training: those are the statistics the weights were trained under).
     checkpoint_path: the checkpoint to update (a prefix, e.g. model_dir/model.ckpt-938). Its
@@ -86,6 +89,13 @@ def recompute(model_fn, params, input_fn, checkpoint_path, num_batches, config=N
     with tf.compat.v1.Session(config=config) as sess:
       sess.run(iterator.initializer)
       saver.restore(sess, checkpoint_path)
+      # With averages of the weights, the statistics are those of the averages, which are what
+      # is evaluated and exported; the last weights go back before the save, to train on.
+      averaged = weight_averages.pairs(tf.compat.v1.global_variables()) if params.get(
+          'ema_decay') else []
+      last_weights = sess.run([variable for variable, _ in averaged])
+      for variable, shadow in averaged:
+        variable.load(sess.run(shadow), sess)
       totals = [np.zeros(variable.shape, np.float64) for variable in moving]
       for _ in range(num_batches):
         sess.run(updates)
@@ -93,6 +103,8 @@ def recompute(model_fn, params, input_fn, checkpoint_path, num_batches, config=N
           total += value
       for variable, total in zip(moving, totals):
         variable.load((total / num_batches).astype(np.float32), sess)
+      for (variable, _), value in zip(averaged, last_weights):
+        variable.load(value, sess)
       _save_in_place(sess, saver, checkpoint_path)
   return len(moving)
 

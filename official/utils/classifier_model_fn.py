@@ -12,6 +12,7 @@ the batch in hand rather than the running metric's value.
 import tensorflow as tf
 
 from official.utils import precision
+from official.utils import weight_averages
 
 
 def default_loss_filter_fn(name):
@@ -21,7 +22,7 @@ def default_loss_filter_fn(name):
 
 def estimator_spec(features, labels, mode, model, weight_decay, learning_rate_fn, momentum,
                    loss_scale=None, loss_filter_fn=None, dtype=tf.float32, fine_tune=False,
-                   label_smoothing=0.0, aux_loss_weight=0.0):
+                   label_smoothing=0.0, aux_loss_weight=0.0, ema_decay=0.0):
   """The EstimatorSpec of a classifier.
 
   Args:
@@ -40,6 +41,9 @@ def estimator_spec(features, labels, mode, model, weight_decay, learning_rate_fn
     fine_tune: train only the variables named 'dense'.
     label_smoothing: of the one-hot targets.
     aux_loss_weight: what each auxiliary head's cross-entropy weighs in the loss.
+    ema_decay: when set, training keeps an exponential moving average of the trainable
+      variables, and evaluation and prediction restore the averages in their place
+      (official/utils/weight_averages.py).
 
   Returns:
     tf.estimator.EstimatorSpec for the mode; predictions 'classes' int64 [B] and
@@ -50,9 +54,13 @@ def estimator_spec(features, labels, mode, model, weight_decay, learning_rate_fn
     features = features['feature']
   dtype = precision.tf_dtype(dtype)
   predictions, logits, aux_logits = _predictions(features, mode, model, dtype)
+  # Evaluation and prediction read the averages (the Estimator restores with this Saver).
+  scaffold = None
+  if ema_decay and mode != tf.estimator.ModeKeys.TRAIN:
+    scaffold = tf.compat.v1.train.Scaffold(saver=weight_averages.averaging_saver(ema_decay))
   if mode == tf.estimator.ModeKeys.PREDICT:
     return tf.estimator.EstimatorSpec(
-        mode=mode, predictions=predictions,
+        mode=mode, predictions=predictions, scaffold=scaffold,
         export_outputs={'predict': tf.estimator.export.PredictOutput(predictions)})
   labels = tf.cast(labels, tf.int32)
   cross_entropy = _cross_entropy(logits, labels, label_smoothing)
@@ -66,8 +74,12 @@ def estimator_spec(features, labels, mode, model, weight_decay, learning_rate_fn
     if loss_scale is None:
       loss_scale = precision.default_loss_scale(dtype)
     train_op = _train_op(loss, learning_rate_fn, momentum, loss_scale, fine_tune)
+    if ema_decay:
+      train_op, _ = weight_averages.apply_after(
+          train_op, ema_decay, tf.compat.v1.train.get_or_create_global_step())
   return tf.estimator.EstimatorSpec(mode=mode, predictions=predictions, loss=loss,
-                                    train_op=train_op, eval_metric_ops=metrics)
+                                    train_op=train_op, eval_metric_ops=metrics,
+                                    scaffold=scaffold)
 
 
 def _predictions(features, mode, model, dtype):

@@ -29,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from official.utils import precision
+from official.utils import weight_averages
 
 IMAGES_INPUT = 'images'
 IMAGE_BYTES_INPUT = 'image_bytes'
@@ -155,7 +156,8 @@ def signature_defs(images_input, image_bytes_input, outputs, image_bytes_default
 
 
 def export_model(export_dir, image_shape, build_outputs, checkpoint_path, compute_dtype,
-                 training_dtype, image_bytes_default=False, accept_flat=False, test_set=None):
+                 training_dtype, image_bytes_default=False, accept_flat=False, test_set=None,
+                 averaged=False):
   """Exports a checkpoint as a new version under export_dir; returns its path.
 
   Args:
@@ -172,12 +174,14 @@ def export_model(export_dir, image_shape, build_outputs, checkpoint_path, comput
     test_set: None, or fn() -> (float images [N, h, w, c] in [0, 1], int labels [N]): the
       export's accuracy on them in each precision this CPU computes natively is recorded
       (`test_accuracy`), by which servers decide whether bf16 may serve it.
+    averaged: the trainable variables take the values of their averages in the checkpoint
+      (official/utils/weight_averages.py; a run with --ema_decay evaluated those).
   """
   def write(path):
     with tf.Graph().as_default() as graph:
       images_input, image_bytes_input, images = serving_inputs(image_shape, accept_flat)
       outputs = build_outputs(images)
-      saver = tf.compat.v1.train.Saver()
+      saver = tf.compat.v1.train.Saver(weight_averages.restore_map(checkpoint_path, averaged))
       with tf.compat.v1.Session(graph=graph) as sess:
         saver.restore(sess, checkpoint_path)
         builder = tf.compat.v1.saved_model.Builder(path)
@@ -203,12 +207,13 @@ def export_from_model_fn(export_dir, model_fn, params, image_shape, checkpoint_p
                          training_dtype, image_bytes_default=False, test_set=None):
   """export_model of an Estimator model: model_fn's PREDICT graph, computing in
   params['dtype'] (float32 when bf16 came from the CPU rewrite, which exports leave out;
-  training_dtype records it)."""
+  training_dtype records it), with the averaged weights when params['ema_decay'] is set."""
   def build_outputs(images):
     return model_fn(images, None, tf.estimator.ModeKeys.PREDICT, params).predictions
   return export_model(export_dir, list(image_shape), build_outputs, checkpoint_path,
                       precision.dtype_name(params['dtype']), training_dtype,
-                      image_bytes_default=image_bytes_default, test_set=test_set)
+                      image_bytes_default=image_bytes_default, test_set=test_set,
+                      averaged=bool(params.get('ema_decay')))
 
 
 def measure_accuracy(saved_model_dir, images, labels, dtype, batch_size=500):

@@ -27,12 +27,14 @@ import tensorflow as tf
 
 from official.utils import precision
 from official.utils import run_dir
+from official.utils import weight_averages
 from official.utils.flags import core as flags_core
 from official.utils.logs import run_record
 
 # Errors of the user's making (flags, files, machine) that print one line and exit 1; entry
 # points add their data layer's errors.
-USER_ERRORS = (precision.PrecisionError, run_dir.RunDirError)
+USER_ERRORS = (precision.PrecisionError, run_dir.RunDirError,
+               weight_averages.WeightAverageError)
 # Keys every epoch record of metrics.json has (None where a run cannot tell); models add more.
 EPOCH_KEYS = ('epoch', 'global_step', 'seconds', 'examples_per_second', 'train_loss_mean',
               'num_parameters', 'accuracy')
@@ -50,6 +52,7 @@ class RunSettings(object):
   stop_threshold: float
   max_train_steps: int
   seed: int
+  ema_decay: float
   hooks: tuple
   inter_op_parallelism_threads: int
   intra_op_parallelism_threads: int
@@ -83,11 +86,14 @@ def prepare(settings, keep_checkpoints):
   fresh start).
 
   --clean empties model_dir first; run_dir.prepare checks it and the export dir, removes what
-  killed runs left, and picks the newest intact checkpoint.
+  killed runs left, and picks the newest intact checkpoint, which must agree with --ema_decay
+  (WeightAverageError).
   """
   if settings.clean and os.path.isdir(settings.model_dir):
     shutil.rmtree(settings.model_dir)
-  return run_dir.prepare(settings.model_dir, settings.export_dir, keep_checkpoints)
+  checkpoint = run_dir.prepare(settings.model_dir, settings.export_dir, keep_checkpoints)
+  weight_averages.check_resumable(checkpoint, settings.ema_decay)
+  return checkpoint
 
 
 def record_flags(settings, facts):

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 import tensorflow as tf
 
@@ -151,6 +152,16 @@ def test_member_commands_build_the_host_flags_of_one_cluster():
   assert sum(a.startswith('--distribution_strategy') for a in chosen[0][1]) == 1
 
 
+def _assert_holds_the_averages(loaded, checkpoint):
+  """The export's weights are the checkpoint's averages (--ema_decay), not its last weights."""
+  exported = {v.name.split(':')[0]: v.numpy() for v in loaded.variables}
+  averaged = [name for name in exported if 'moving_' not in name]
+  assert averaged
+  for name in averaged:
+    np.testing.assert_array_equal(
+        exported[name], tf.train.load_variable(checkpoint, name + '/ExponentialMovingAverage'))
+
+
 @pytest.mark.slow
 def test_parameter_server_cluster_trains_to_its_steps_and_the_chief_exports(tmp_path):
   model_dir, export_dir = tmp_path / 'model', tmp_path / 'export'
@@ -158,7 +169,7 @@ def test_parameter_server_cluster_trains_to_its_steps_and_the_chief_exports(tmp_
   # took longer than the default 30 s of grace, and it was stopped (exit not 0).
   run = _launcher(model_dir, '--workers=2', '--ps=1', '--evaluator', '--grace_s=600',
                   main_flags=['--max_train_steps=2000', '--export_dir=%s' % export_dir,
-                              '--save_checkpoints_secs=1'])
+                              '--save_checkpoints_secs=1', '--ema_decay=0.99'])
   assert run.finish() == 0, run.text[-4000:]
   # Workers step independently: each stops when it sees global_step at the target, so steps
   # already under way may carry it a step or so per worker past it.
@@ -181,11 +192,12 @@ def test_parameter_server_cluster_trains_to_its_steps_and_the_chief_exports(tmp_
     recorded = json.load(f)
   assert recorded['distribution_strategy'] == 'parameter_server'
   assert sorted(recorded['cluster']) == ['chief', 'ps', 'worker']
-  # The export loads and answers.
+  # The export loads and answers, with the averages of the weights the ps kept.
   (version,) = os.listdir(str(export_dir))
   loaded = tf.saved_model.load(str(export_dir / version))
   outputs = loaded.signatures['serving_default'](images=tf.zeros([2, 28, 28, 1]))
   assert outputs['probabilities'].shape == (2, 10)
+  _assert_holds_the_averages(loaded, tf.train.latest_checkpoint(str(model_dir)))
   assert 'chief exited with status 0' in run.text
   # The evaluator followed the checkpoints into model_dir/eval and ended with the run.
   assert 'evaluator exited with status 0' in run.text, run.text[-6000:]
@@ -195,9 +207,13 @@ def test_parameter_server_cluster_trains_to_its_steps_and_the_chief_exports(tmp_
 @pytest.mark.slow
 def test_multi_worker_mirrored_cluster_trains_in_step(tmp_path):
   model_dir = tmp_path / 'model'
-  run = _launcher(model_dir, '--workers=2', main_flags=['--max_train_steps=200'])
+  run = _launcher(model_dir, '--workers=2', main_flags=['--max_train_steps=200',
+                                                       '--ema_decay=0.9'])
   assert run.finish() == 0, run.text[-4000:]
   assert _checkpoint_step(model_dir) == 200
+  checkpoint = tf.train.latest_checkpoint(str(model_dir))
+  assert any(name.endswith('/ExponentialMovingAverage')
+             for name, _ in tf.train.list_variables(checkpoint))
   # Synchronous: both workers run every step (on half of the global batch each), so both
   # report the same steps and the count lands exactly on the target.
   assert _steps(run.lines, 'chief') == _steps(run.lines, 'worker0') != []

@@ -196,9 +196,16 @@ def _mirrored(tmp_path, *argv):
 
 
 @pytest.mark.slow
-def test_mirrored_over_two_logical_cpus_trains_and_evaluates(tmp_path):
-  result = _mirrored(tmp_path, '--batch_size=8', '--max_train_steps=3')
+@pytest.mark.parametrize('ema_decay', ['0', '0.5'])
+def test_mirrored_over_two_logical_cpus_trains_and_evaluates(tmp_path, ema_decay):
+  result = _mirrored(tmp_path, '--batch_size=8', '--max_train_steps=3',
+                     '--ema_decay=' + ema_decay)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+  # The replicas' averages are one set of variables, as the weights are; the evaluation
+  # (under the strategy too) restored them.
+  checkpoint = tf.train.latest_checkpoint(str(tmp_path / 'model'))
+  assert any(name.endswith('/ExponentialMovingAverage') for name, _ in
+             tf.train.list_variables(checkpoint)) == (ema_decay != '0')
   line = [l for l in result.stdout.splitlines() if l.startswith('RESULT ')][-1]
   results = json.loads(line[len('RESULT '):])
   assert results['global_step'] == 3

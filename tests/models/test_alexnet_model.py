@@ -98,3 +98,22 @@ def test_checkpoint_save_and_restore_give_identical_predictions(tmp_path):
           saver.save(sess, prefix)
         predictions.append(sess.run(graph.logits, {graph.x: images}))
   np.testing.assert_array_equal(predictions[0], predictions[1])
+
+
+def test_shift_images_moves_each_image_by_its_own_offset_within_the_bound():
+  images = np.random.RandomState(0).rand(64, 9, 7, 2).astype(np.float32) + 1  # no zeros
+  with tf.Graph().as_default():
+    tf.compat.v1.set_random_seed(1)
+    shift = tf.compat.v1.placeholder_with_default(0, [])
+    shifted = alexnet_model.shift_images(tf.constant(images), shift, 3)
+    with tf.compat.v1.Session() as sess:
+      np.testing.assert_array_equal(sess.run(shifted), images)  # default 0: unchanged
+      moved = sess.run(shifted, {shift: 2})
+  seen = set()
+  for image, out in zip(images, moved):
+    padded = np.pad(image, [(2, 2), (2, 2), (0, 0)])
+    offsets = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+               if np.array_equal(out, padded[2 + dy:11 + dy, 2 + dx:9 + dx])]
+    assert len(offsets) == 1, 'not a translation within 2 pixels'
+    seen.add(offsets[0])
+  assert len(seen) > 10  # each image drew its own offset

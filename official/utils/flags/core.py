@@ -38,6 +38,17 @@ def _not_a_file(name, flag_values):
       flag_values=flag_values)
 
 
+EMA_HELP = ('Keep an exponential moving average of the weights with this decay, and evaluate '
+            'and export it instead of the last weights (0: off). Its memory is 1/(1-decay) '
+            'steps; about a tenth of the run\'s steps is a good start '
+            '(official/utils/weight_averages.py).')
+
+
+def _in_unit_interval(name, flag_values):
+  flags.register_validator(name, lambda value: value is not None and 0 <= value < 1,
+                           message='--%s must be in [0, 1)' % name, flag_values=flag_values)
+
+
 def define_base_flags(flag_values=flags.FLAGS):
   """Defines the shared flags: data, run length, checkpoints, export, seeds, threads.
 
@@ -77,6 +88,7 @@ def define_base_flags(flag_values=flags.FLAGS):
   flags.DEFINE_boolean('use_synthetic_data', False, short_name='synth', help=
                        'Train and evaluate on random data instead of reading --data_dir.', **fv)
   flags.DEFINE_integer('seed', 0, 'Seed for weight initialisation, shuffling and dropout.', **fv)
+  flags.DEFINE_float('ema_decay', 0.0, EMA_HELP, **fv)
   flags.DEFINE_enum('bf16_fallback', 'fp32', list(precision.FALLBACKS),
                     'What --dtype=bf16 does on a CPU without AVX512-BF16 or AMX, where bfloat16 '
                     'is emulated and slow: train in fp32 with a warning, or stop with an error.',
@@ -96,6 +108,7 @@ def define_base_flags(flag_values=flags.FLAGS):
   _positive('train_epochs', flag_values)
   _positive('epochs_between_evals', flag_values)
   _positive('batch_size', flag_values)
+  _in_unit_interval('ema_decay', flag_values)
   _positive('max_train_steps', flag_values)
   _non_negative('inter_op_parallelism_threads', flag_values)
   _non_negative('intra_op_parallelism_threads', flag_values)
