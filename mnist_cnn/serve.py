@@ -11,6 +11,7 @@ tensorflow/serving), so the same client code works against either:
   GET  /v1/models/{name}[/versions/{v}]              version status
   GET  /v1/models/{name}[/versions/{v}]/metadata     signature defs
   POST /v1/models/{name}[/versions/{v}]:predict      {"instances": [...]} or {"inputs": ...}
+  GET  /monitoring/prometheus/metrics                with --monitoring_config_file enabling it
 
 Requests in flight together are merged into one model call (--max_batch_size,
 --batch_timeout_micros, --num_batch_threads, as TF Serving's batching parameters). Binds
@@ -33,6 +34,7 @@ from mnist_cnn.serving import batching
 from mnist_cnn.serving import inference_graph
 from mnist_cnn.serving import json_tensors
 from mnist_cnn.serving import memory
+from mnist_cnn.serving import metrics
 from mnist_cnn.serving import models
 from mnist_cnn.serving import rest_api
 
@@ -76,6 +78,11 @@ def define_serve_flags(flag_values=flags.FLAGS):
                        'below the process\'s file-descriptor limit.', **fv)
   flags.DEFINE_float('file_system_poll_wait_seconds', 1.0,
                      'How often to look for a new version under --model_base_path.', **fv)
+  flags.DEFINE_string('monitoring_config_file', None,
+                      'TF Serving\'s MonitoringConfig in text format; with prometheus_config '
+                      '{ enable: true } the REST port serves Prometheus metrics at its path '
+                      '(default %s; mnist_cnn/serving/metrics.py).' % metrics.DEFAULT_PATH,
+                      **fv)
   flags.DEFINE_integer('intra_op_parallelism_threads', 0, 'TF intra-op threads (0: TF picks).',
                        **fv)
   flags.DEFINE_integer('inter_op_parallelism_threads', 0, 'TF inter-op threads (0: TF picks).',
@@ -114,6 +121,9 @@ async def serve(flags_obj, ready=None):
   """Runs the server until SIGTERM/SIGINT (or until `ready`'s stop event, for tests)."""
   if not os.path.isdir(flags_obj.model_base_path):
     raise ValueError('--model_base_path %s is not a directory' % flags_obj.model_base_path)
+  metrics_path = (metrics.read_config(flags_obj.monitoring_config_file)
+                  if flags_obj.monitoring_config_file else None)
+  server_metrics = metrics.Metrics() if metrics_path else None
   memory.map_large_blocks()  # before the first load: see there
   loop = asyncio.get_running_loop()
   log = rest_api.RateLimitedLog()
@@ -129,7 +139,11 @@ async def serve(flags_obj, ready=None):
       inter_op_parallelism_threads=flags_obj.inter_op_parallelism_threads)
   manager = models.ModelManager(flags_obj.model_name, flags_obj.model_base_path, executor,
                                 session_config, flags_obj.optimize_graph,
-                                flags_obj.serving_precision)
+                                flags_obj.serving_precision, server_metrics)
+  if server_metrics is not None:
+    server_metrics.gauge(':mnist_cnn:serving:loaded_versions',
+                         'Versions in memory: the one served and those still retiring.',
+                         ('model_name',), lambda: {(manager.name,): manager.versions_in_memory()})
   await manager.poll()
   if manager.current is None:
     models.log('no loadable version under %s yet; waiting for one' % flags_obj.model_base_path)
@@ -137,7 +151,8 @@ async def serve(flags_obj, ready=None):
                              flags_obj.batch_timeout_micros / 1e6, flags_obj.num_batch_threads)
   limits = json_tensors.Limits(max_images_per_request=flags_obj.max_images_per_request,
                                max_image_pixels=flags_obj.max_image_pixels)
-  api = rest_api.RestApi(manager, batcher, flags_obj.request_timeout_s, limits, parse_executor)
+  api = rest_api.RestApi(manager, batcher, flags_obj.request_timeout_s, limits, parse_executor,
+                         server_metrics, metrics_path)
   runner, guard, port = await _start_site(flags_obj, api, limits, log)
   stop = asyncio.Event()
   for signum in (signal.SIGTERM, signal.SIGINT):

@@ -362,10 +362,11 @@ class ModelManager(object):
   DRAIN_TIMEOUT_S = 60.0
 
   def __init__(self, name, base_path, executor, session_config=None, optimize=True,
-               serving_precision='auto'):
+               serving_precision='auto', metrics=None):
     self.name = name
     self.base_path = base_path
     self.current = None
+    self.metrics = metrics  # a metrics.Metrics told of each load, or None
     self._executor = executor
     self._load_args = (session_config, optimize, serving_precision)
     self._failed = {}  # version -> (attempts, monotonic time of the next try)
@@ -400,12 +401,15 @@ class ModelManager(object):
       if not self._due(version):
         continue
       path = os.path.join(self.base_path, str(version))
+      started = time.monotonic()
       try:
         loaded = await loop.run_in_executor(
             self._executor, load_version, version, path, *self._load_args)
       except Exception as e:  # pylint: disable=broad-except
+        self._loaded(False, started)
         self._record_failure(version, path, e)
         continue
+      self._loaded(True, started)
       self._failed.pop(version, None)
       await loop.run_in_executor(self._executor, memory.release_memory)
       self._switch(loaded, 'serving %s version %d (%s), signatures: %s; %s' % (
@@ -416,6 +420,14 @@ class ModelManager(object):
                    'serving nothing until one does' % (self.current.version, self.base_path))
       return True
     return False
+
+  def _loaded(self, succeeded, started):
+    if self.metrics is not None:
+      self.metrics.load(self.base_path, succeeded, time.monotonic() - started)
+
+  def versions_in_memory(self):
+    """The served version, if any, and those still retiring."""
+    return (self.current is not None) + len(self._retiring)
 
   def _switch(self, loaded, message):
     old, self.current = self.current, loaded

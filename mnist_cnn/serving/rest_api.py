@@ -16,6 +16,7 @@ import orjson
 
 from mnist_cnn.serving import json_tensors
 from mnist_cnn.serving import memory
+from mnist_cnn.serving import metrics
 from mnist_cnn.serving import models
 
 # /v1/models/{name}[/versions/{digits} | /labels/{label}][:verb | /metadata]: TF Serving's paths.
@@ -69,21 +70,42 @@ class RestApi(object):
   INLINE_PARSE_BYTES = 64 * 1024
 
   def __init__(self, manager, batcher, request_timeout_s, limits=json_tensors.DEFAULT_LIMITS,
-               parse_executor=None):
+               parse_executor=None, metrics=None, metrics_path=None):
     self.manager = manager
     self.batcher = batcher
     self.request_timeout_s = request_timeout_s
     self.limits = limits
     self.parse_executor = parse_executor
+    self.metrics = metrics  # a metrics.Metrics, or None
+    self.metrics_path = metrics_path  # where they are served (None: not served)
     self.requests = 0
 
   async def handle(self, request):
     self.requests += 1
+    if self.metrics_path is not None and request.path == self.metrics_path:
+      if request.method != 'GET':
+        return _error(405, 'Malformed request: %s %s; use GET' % (request.method,
+                                                                   request.path))
+      return web.Response(status=200, body=self.metrics.render().encode('utf-8'),
+                          headers={'Content-Type': metrics.CONTENT_TYPE})
+    if self.metrics is None:
+      return await self._handle(request, {})
+    started, seen = time.monotonic(), {}
+    response = await self._handle(request, seen)
+    if seen:  # a model's path: counted under its model and API
+      self.metrics.request(seen['model'], seen['api'], 'REST', response.status,
+                           time.monotonic() - started)
+    return response
+
+  async def _handle(self, request, seen):
     match = _MODEL_PATH.match(request.path)
     if not match:
       return _error(400 if request.path.startswith('/v1/') else 404,
                     'Malformed request: %s %s' % (request.method, request.path[:200]))
     name, version = match.group('name'), match.group('version')
+    # Names this server does not serve count under '': made-up names must not grow the metrics.
+    seen.update(model=name if name == self.manager.name else '', api=match.group('verb') or (
+        'metadata' if match.group('metadata') else 'status'))
     if match.group('label') is not None:  # this server keeps no version labels
       return _error(400, 'Unrecognized servable version label: %s' % match.group('label'))
     verb, metadata = match.group('verb'), match.group('metadata')
