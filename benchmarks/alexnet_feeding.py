@@ -1,4 +1,5 @@
-"""AlexNet training speed: placeholder feeding vs tf.data vs tf.keras fit, side by side.
+"""AlexNet training speed: placeholder feeding vs tf.data vs tf.keras fit, side by side, and
+what shifts and averaged weights cost the placeholder loop.
 
   python benchmarks/alexnet_feeding.py [--batch_size=100] [--rounds=5] [--steps_per_window=30]
 
@@ -7,7 +8,9 @@
 The same architecture and optimizer three ways:
 - placeholder: the report's Session loop, batches fed from in-memory arrays via next_batch;
 - tf.data: the same graph with x and y taken from a tf.data iterator (shuffle, batch, prefetch);
-- keras: the same layers in tf.keras, trained with fit.
+- keras: the same layers in tf.keras, trained with fit;
+- placeholder + shifts, placeholder + averages: the first with --shift_pixels=2 (in-graph
+  random shifts) or --ema_decay=0.995 (official/utils/weight_averages.py).
 Timing windows are interleaved so that machine noise hits all three alike. Prints median
 (min-max) examples/second and the ratios to Keras.
 """
@@ -21,16 +24,21 @@ import tensorflow as tf
 
 from mnist_cnn import alexnet_model
 from mnist_cnn import input_data
+from official.utils import weight_averages
 
 IMAGE_SHAPE = (28, 28, 1)
 NUM_CLASSES = 10
 
 
-def _placeholder_runner(data, batch_size, learning_rate):
+def _placeholder_runner(data, batch_size, learning_rate, shift_pixels=0, ema_decay=0.0):
   graph = tf.Graph()
   with graph.as_default():
     tf.compat.v1.set_random_seed(0)
-    model = alexnet_model.build_train_graph(IMAGE_SHAPE, NUM_CLASSES, learning_rate)
+    model = alexnet_model.build_train_graph(IMAGE_SHAPE, NUM_CLASSES, learning_rate,
+                                            shift_pixels=shift_pixels)
+    train_op = model.train_op
+    if ema_decay:
+      train_op, _ = weight_averages.apply_after(train_op, ema_decay, model.global_step)
     init = tf.compat.v1.global_variables_initializer()
   session = tf.compat.v1.Session(graph=graph)
   session.run(init)
@@ -38,7 +46,10 @@ def _placeholder_runner(data, batch_size, learning_rate):
   def run(steps):
     for _ in range(steps):
       images, labels = data.next_batch(batch_size)
-      session.run(model.train_op, {model.x: images, model.y: labels, model.keep_prob: 0.8})
+      feed = {model.x: images, model.y: labels, model.keep_prob: 0.8}
+      if shift_pixels:
+        feed[model.shift] = shift_pixels
+      session.run(train_op, feed)
   return run
 
 
@@ -96,6 +107,10 @@ def measure(batch_size=100, rounds=5, steps_per_window=30, num_examples=10000,
       'placeholder': _placeholder_runner(data, batch_size, learning_rate),
       'tf.data': _tf_data_runner(data, batch_size, learning_rate),
       'keras': _keras_runner(data, batch_size, learning_rate),
+      'placeholder + shifts': _placeholder_runner(data, batch_size, learning_rate,
+                                                  shift_pixels=2),
+      'placeholder + averages': _placeholder_runner(data, batch_size, learning_rate,
+                                                    ema_decay=0.995),
   }
   for run in runners.values():
     run(3)  # warm-up

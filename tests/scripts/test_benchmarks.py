@@ -28,7 +28,8 @@ def test_feeding_benchmark_runs_in_smoke_mode():
   assert result.returncode == 0, result.stderr[-3000:]
   rows = [line.split('|')[1].strip() for line in result.stdout.splitlines()
           if line.startswith('| ') and not line.startswith('| variant')]
-  assert rows == ['placeholder', 'tf.data', 'keras']
+  assert rows == ['placeholder', 'tf.data', 'keras', 'placeholder + shifts',
+                  'placeholder + averages']
 
 
 @pytest.mark.slow
