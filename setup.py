@@ -5,7 +5,7 @@ import os
 
 import setuptools
 
-VERSION = '0.2.1'
+VERSION = '0.3.0'
 TENSORFLOW_VERSION = '2.15.1'
 # CPU wheels by default; MNIST_CNN_GPU=1 at install time takes the CUDA build instead (the two
 # packages install the same `tensorflow` module and must not be mixed).

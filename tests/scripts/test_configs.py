@@ -44,6 +44,8 @@ def test_a_config_parses_with_its_main_and_starts_with_what_it_measured(name):
   text = '\n'.join(header)
   assert re.search(r'Measured', text) and 'benchmarks/time_to_accuracy.py' in text
   assert '--config=' + name[:-len('.flags')] in text
+  # quoted by reach rate over the documented five seeds, not by a best run
+  assert re.search(r'reached on \d of \d seeds', text) and '--seeds=5' in text
   flag_values = _flag_values(name)
   flag_values(['main', '--flagfile=' + path])
   given = [line.split('=')[0].lstrip('-') for line in lines if line.startswith('--')]
