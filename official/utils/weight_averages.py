@@ -39,34 +39,33 @@ def apply_after(train_op, decay, global_step, var_list=None):
   return update, averages
 
 
-def restore_map(checkpoint_path, averaged, variables=None):
-  """{checkpoint name: variable} for restoring variables (default: every global variable)
-  from checkpoint_path: with averaged, each trainable one from its shadow.
+def _averages_map():
+  """{checkpoint name: variable} of the default graph with each trainable variable read from
+  its shadow and every other variable from its own name (TensorFlow's variables_to_restore)."""
+  return tf.compat.v1.train.ExponentialMovingAverage(0.0).variables_to_restore()
+
+
+def restore_map(checkpoint_path, averaged):
+  """What a Saver restores the default graph's variables from in checkpoint_path: with
+  averaged, each trainable one from its shadow (None otherwise: every variable by its name).
 
   Raises:
     WeightAverageError: averaged, and the checkpoint lacks a shadow.
   """
+  if not averaged:
+    return None
   stored = {name for name, _ in tf.train.list_variables(checkpoint_path)}
-  trainable = {variable.ref() for variable in tf.compat.v1.trainable_variables()}
-  names = {}
-  for variable in (tf.compat.v1.global_variables() if variables is None else variables):
-    name = variable.op.name
-    if averaged and variable.ref() in trainable:
-      name = shadow_name(name)
-      if name not in stored:
-        raise WeightAverageError('%s holds no average of %s: its run was trained without '
-                                 '--ema_decay' % (checkpoint_path, variable.op.name))
-    names[name] = variable
-  return names
+  for variable in tf.compat.v1.trainable_variables():
+    if shadow_name(variable.op.name) not in stored:
+      raise WeightAverageError('%s holds no average of %s: its run was trained without '
+                               '--ema_decay' % (checkpoint_path, variable.op.name))
+  return _averages_map()
 
 
 def averaging_saver(decay):
   """A Saver for an evaluation graph: every trainable variable from its shadow when decay is
   set (None when it is not: the Estimator's default Saver restores the last weights)."""
-  if not decay:
-    return None
-  mapping = tf.compat.v1.train.ExponentialMovingAverage(decay).variables_to_restore()
-  return tf.compat.v1.train.Saver(mapping)
+  return tf.compat.v1.train.Saver(_averages_map()) if decay else None
 
 
 def has_averages(checkpoint_path):
