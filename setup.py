@@ -5,7 +5,7 @@ import os
 
 import setuptools
 
-VERSION = '0.3.0'
+VERSION = '0.4.0'
 TENSORFLOW_VERSION = '2.15.1'
 # CPU wheels by default; MNIST_CNN_GPU=1 at install time takes the CUDA build instead (the two
 # packages install the same `tensorflow` module and must not be mixed).
@@ -33,7 +33,7 @@ setuptools.setup(
     description='AlexNet, GoogLeNet and ResNet on MNIST and CIFAR-10 in TensorFlow 1 style '
                 '(graphs, placeholders, tf.estimator): a reference reproduction of a student '
                 'report, with the Model Garden r1 API, exports and a TF Serving-compatible '
-                'REST server.',
+                'gRPC and REST server.',
     long_description=open('README.md', encoding='utf-8').read(),
     long_description_content_type='text/markdown',
     license='Apache-2.0',

@@ -10,8 +10,8 @@ For each export, in rounds that alternate between the paths (medians, min-max ov
   (mnist_cnn/serving/inference_graph.py: frozen, in fp32 and, where the load-time choice
   differs, in the precision it chose);
 - the same through `python -m mnist_cnn.serve` over HTTP on 127.0.0.1 with its defaults: one
-  client (keep-alive) for latency, --clients concurrent one-image clients for throughput, and
-  the same with batching off. Request bodies are encoded once beforehand; the clients run in
+  client (keep-alive) for latency, --clients concurrent one-image clients for throughput, then
+  the same over gRPC (Predict) on the same server, and REST with batching off. Request bodies are encoded once beforehand; the clients run in
   this process on the same cores as the server, as a local client would.
 Then the ratios the serving targets are stated in, the arithmetic time of one image (forward
 FLOPs by TensorFlow's profiler over the matmul peak measured here), and with --data_dir the
@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 
+import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
@@ -44,6 +45,8 @@ from mnist_cnn import input_data
 from mnist_cnn import predict
 from mnist_cnn.serving import inference_graph
 from mnist_cnn.serving import models
+from mnist_cnn.serving import proto_tensors
+from mnist_cnn.serving import tfs_protos
 from official.utils import export
 from official.utils import precision
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -56,23 +59,30 @@ class ServerProcess(object):
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='2')
     self.process = subprocess.Popen(
         [sys.executable, '-m', 'mnist_cnn.serve', '--model_base_path=' + base_path,
-         '--port=0'] + list(extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, env=env, cwd=REPO)
-    self.port = None
+         '--port=0', '--rest_api_port=0'] + list(extra), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    self.port = self.grpc_port = None
     self.log = []
     for line in self.process.stdout:
       self.log.append(line)
       match = re.search(r'REST API at http://127\.0\.0\.1:(\d+)/', line)
       if match:
         self.port = int(match.group(1))
-        break
-    if self.port is None:
+        break  # logged after gRPC's
+      match = re.search(r'gRPC API at 127\.0\.0\.1:(\d+) ', line)
+      if match:
+        self.grpc_port = int(match.group(1))
+    if self.port is None or self.grpc_port is None:
       raise RuntimeError('the server did not start:\n' + ''.join(self.log[-20:]))
     threading.Thread(target=lambda: self.log.extend(self.process.stdout), daemon=True).start()
 
   def stop(self):
     self.process.terminate()
     self.process.wait(timeout=60)
+
+
+REST_DEFAULTS = 'REST server (defaults)'
+GRPC_DEFAULTS = 'gRPC, same server'
 
 
 def _post(connection, body):
@@ -102,18 +112,54 @@ def rest_latencies(port, body, count):
   return latencies
 
 
-def rest_throughput(port, body, clients, requests_per_client):
-  """Images/s with `clients` threads each sending one-image requests."""
+class GrpcClient(object):
+  """Predict over gRPC, one channel (one HTTP/2 connection) per client, as REST has one
+  connection per client. The request is serialized once beforehand, as REST's body is encoded
+  once, and the answer is read but not parsed, as REST's."""
+
+  def __init__(self, port):
+    self.channel = grpc.insecure_channel('127.0.0.1:%d' % port)
+    self.call = self.channel.unary_unary('/tensorflow.serving.PredictionService/Predict',
+                                         request_serializer=None, response_deserializer=None)
+
+  def __call__(self, request_bytes):
+    self.call(request_bytes, timeout=60)
+
+  def close(self):
+    self.channel.close()
+
+
+def grpc_request(image):
+  request = tfs_protos.PredictRequest()
+  request.model_spec.name = 'mnist'
+  proto_tensors.fill(request.inputs['images'], image)
+  return request.SerializeToString()
+
+
+def grpc_latencies(port, request_bytes, count):
+  client = GrpcClient(port)
+  latencies = call_latencies(lambda: client(request_bytes), count)
+  client.close()
+  return latencies
+
+
+def rest_throughput(port, body, clients, requests_per_client, api='REST'):
+  """Images/s with `clients` threads each sending one-image requests (REST or gRPC)."""
   barrier = threading.Barrier(clients + 1)
   errors = []
 
   def client():
-    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
-    _post(connection, body)
+    if api == 'gRPC':
+      connection = GrpcClient(port)
+      send = lambda: connection(body)
+    else:
+      connection = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
+      send = lambda: _post(connection, body)
+    send()
     barrier.wait()
     try:
       for _ in range(requests_per_client):
-        _post(connection, body)
+        send()
     except Exception as e:  # pylint: disable=broad-except
       errors.append(e)
     connection.close()
@@ -258,6 +304,7 @@ def run_rounds(label, paths, servers, image, args):
   """{path or server name: {'p50', 'p99', 'tput': [one figure per round]}}."""
   client_batch = np.repeat(image, args.clients, axis=0)
   body = json.dumps({'instances': image.tolist()}).encode()
+  request_bytes = grpc_request(image)
   figures = collections.defaultdict(lambda: collections.defaultdict(list))
   for round_index in range(args.rounds):
     for path in paths:
@@ -273,6 +320,12 @@ def run_rounds(label, paths, servers, image, args):
         figures[name]['p99'].append(_ms(times, 99))
       figures[name]['tput'].append(rest_throughput(server.port, body, args.clients,
                                                    args.requests_per_client))
+      if name == REST_DEFAULTS:  # gRPC on the same server, right after REST
+        times = grpc_latencies(server.grpc_port, request_bytes, args.latency_requests)
+        figures[GRPC_DEFAULTS]['p50'].append(_ms(times, 50))
+        figures[GRPC_DEFAULTS]['p99'].append(_ms(times, 99))
+        figures[GRPC_DEFAULTS]['tput'].append(rest_throughput(
+            server.grpc_port, request_bytes, args.clients, args.requests_per_client, 'gRPC'))
     print('%s round %d: %s' % (label, round_index + 1, ', '.join(
         '%s %.2f ms %.0f/s' % (k, v['p50'][-1] if v['p50'] else 0, v['tput'][-1])
         for k, v in figures.items())), file=sys.stderr)
@@ -286,9 +339,12 @@ def summarise(figures, optimised, row_shape, args):
   flops = forward_flops(optimised.loaded, row_shape)
   peak = args.peaks['bf16' if 'bf16' in optimised.name else 'fp32']
   arithmetic_ms = flops / (peak * 1e9) * 1000.0
-  rest, fast = med['REST server (defaults)'], med[optimised.name]
+  rest, fast = med[REST_DEFAULTS], med[optimised.name]
   clients = args.clients
   return collections.OrderedDict([
+      ('gRPC p50 / REST p50 (target <= 1)', med[GRPC_DEFAULTS]['p50'] / rest['p50']),
+      ('gRPC %d clients / REST %d clients (target >= 1.3)' % (clients, clients),
+       med[GRPC_DEFAULTS]['tput'] / rest['tput']),
       ('REST p50 / tf.saved_model.load p50', rest['p50'] / med['tf.saved_model.load']['p50']),
       ('optimised p50 ms (%s)' % optimised.name, fast['p50']),
       ('arithmetic ms (%.3g FLOPs at %.0f GFLOP/s)' % (flops, peak), arithmetic_ms),
@@ -322,14 +378,14 @@ def measure_export(label, export_dir, args):
   declared = paths[0].loaded.signatures['serving_default'].inputs['images'].shape
   row_shape = args.image_shape if declared is None else [d if d > 0 else 1 for d in declared[1:]]
   image = np.random.RandomState(0).rand(1, *row_shape).astype(np.float32)
-  servers = {'REST server (defaults)': ServerProcess(base_path),
+  servers = {REST_DEFAULTS: ServerProcess(base_path),
              'REST server, batching off': ServerProcess(base_path, '--max_batch_size=1')}
   try:
     figures = run_rounds(label, paths, servers, image, args)
   finally:
     for server in servers.values():
       server.stop()
-  served = [line.strip() for line in servers['REST server (defaults)'].log if 'serving ' in line]
+  served = [line.strip() for line in servers[REST_DEFAULTS].log if 'serving ' in line]
   print('\n### %s (%s)\n' % (label, version_dir))
   print('| path | batch-1 p50 ms | batch-1 p99 ms | images/s, %d at a time |' % args.clients)
   print('|---|---:|---:|---:|')

@@ -1,7 +1,8 @@
-"""Hostile and unlucky clients against the REST server: what each gets, how fast, at what cost.
+"""Hostile and unlucky clients against the server, over REST and gRPC: what each gets, how
+fast, at what cost.
 
   python benchmarks/serving_abuse.py --export_dir=EXPORT [--quick]     # starts its own server
-  python benchmarks/serving_abuse.py --port=8501 --pid=PID [--quick]   # one already running
+  python benchmarks/serving_abuse.py --port=8501 [--grpc_port=8500] --pid=PID [--quick]
 
 EXPORT is an AlexNet export (a base directory of versions, or one version). Every case talks to
 127.0.0.1 alone, with bounded counts and timeouts. Prints one markdown row per case: what a
@@ -174,8 +175,10 @@ def wait_for(condition, timeout):
 class Probe(object):
   """Runs cases and keeps one table row per case."""
 
-  def __init__(self, port, pid, quick=False, header_timeout_s=10.0, base_path=None):
+  def __init__(self, port, pid, quick=False, header_timeout_s=10.0, base_path=None,
+               grpc_port=None):
     self.port = port
+    self.grpc_port = grpc_port
     self.pid = pid
     self.quick = quick
     self.header_timeout_s = header_timeout_s
@@ -397,6 +400,14 @@ class Probe(object):
     self.malformed()
     self.large_requests(50 if self.quick else max_images)
     self.stalled()
+    if self.grpc_port:
+      if REPO not in sys.path:
+        sys.path.insert(0, REPO)
+      from benchmarks import serving_abuse_grpc  # pylint: disable=g-import-not-at-top
+      serving_abuse_grpc.GrpcProbe(self.grpc_port, self.row, lambda: rss_mb(self.pid),
+                                   self.quick).run(
+                                       png_bomb(5000 if self.quick else 20000), gif_bomb(),
+                                       max_images)
     if self.base_path:
       self.versions()
     return self.rows
@@ -425,8 +436,8 @@ class OwnServer(object):
     self._server = serving.ServerProcess(
         self.base, '--file_system_poll_wait_seconds=0.2',
         '--header_timeout_s=%g' % header_timeout_s, *extra)
-    self.process, self.port, self.log = (self._server.process, self._server.port,
-                                         self._server.log)
+    self.process, self.port, self.grpc_port, self.log = (
+        self._server.process, self._server.port, self._server.grpc_port, self._server.log)
 
   def stop(self):
     self._server.stop()
@@ -437,6 +448,8 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--export_dir', help='an AlexNet export; the probe starts its own server')
   parser.add_argument('--port', type=int, help='port of a server already on 127.0.0.1')
+  parser.add_argument('--grpc_port', type=int,
+                      help='its gRPC port, for the gRPC cases (none without it)')
   parser.add_argument('--pid', type=int, help='its process id, for its memory')
   parser.add_argument('--header_timeout_s', type=float, default=10.0,
                       help='the server\'s --header_timeout_s')
@@ -451,10 +464,12 @@ def main(argv=None):
   if args.export_dir:
     server = OwnServer(args.export_dir, args.header_timeout_s)
     port, pid, base = server.port, server.process.pid, server.base
+    grpc_port = server.grpc_port
   else:
-    port, pid, base = args.port, args.pid or 0, None
+    port, pid, base, grpc_port = args.port, args.pid or 0, None, args.grpc_port
   try:
-    rows = Probe(port, pid, args.quick, args.header_timeout_s, base).run(args.max_images)
+    rows = Probe(port, pid, args.quick, args.header_timeout_s, base, grpc_port).run(
+        args.max_images)
   finally:
     if server:
       server.stop()

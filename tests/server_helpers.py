@@ -41,17 +41,20 @@ def b64(data):
 class Server(object):
   """`python -m mnist_cnn.serve` in a subprocess on a free port."""
 
-  def __init__(self, base_path, *extra):
+  def __init__(self, base_path, *extra, base_path_flag=True):
+    """base_path_flag=False: base_path is only kept (extra names a --model_config_file)."""
+    self.base_path = base_path
+    models_flag = ['--model_base_path=' + str(base_path)] if base_path_flag else []
     self.process = subprocess.Popen(
-        [sys.executable, '-m', 'mnist_cnn.serve', '--model_base_path=' + str(base_path),
-         '--port=0', '--file_system_poll_wait_seconds=0.2'] + list(extra),
+        [sys.executable, '-m', 'mnist_cnn.serve'] + models_flag +
+        ['--port=0', '--rest_api_port=0', '--file_system_poll_wait_seconds=0.2'] + list(extra),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV, cwd=REPO)
     self.lines = queue.Queue()
     self.output = []
     threading.Thread(target=self._read, daemon=True).start()
-    self.port = None
+    self.port = self.grpc_port = None  # REST's and gRPC's
     deadline = time.time() + 120
-    while self.port is None and time.time() < deadline:
+    while (self.port is None or self.grpc_port is None) and time.time() < deadline:
       try:
         line = self.lines.get(timeout=1)
       except queue.Empty:
@@ -60,7 +63,10 @@ class Server(object):
       match = re.search(r'REST API at http://127\.0\.0\.1:(\d+)/', line)
       if match:
         self.port = int(match.group(1))
-    assert self.port, ''.join(self.output)
+      match = re.search(r'gRPC API at 127\.0\.0\.1:(\d+) ', line)
+      if match:
+        self.grpc_port = int(match.group(1))
+    assert self.port and self.grpc_port, ''.join(self.output)
 
   def _read(self):
     for line in self.process.stdout:
@@ -80,6 +86,16 @@ class Server(object):
     finally:
       if own:
         connection.close()
+
+  def raw_get(self, path):
+    """(status, body text) of a GET."""
+    connection = http.client.HTTPConnection('127.0.0.1', self.port, timeout=60)
+    try:
+      connection.request('GET', path)
+      response = connection.getresponse()
+      return response.status, response.read().decode('utf-8')
+    finally:
+      connection.close()
 
   def predict(self, body, path='/v1/models/mnist:predict', connection=None):
     return self.request('POST', path, body, connection)

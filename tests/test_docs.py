@@ -32,8 +32,8 @@ SCRIPT_MAINS = {'run_alexnet.sh': 'mnist_cnn.alexnet_main', 'run_resnet.sh':
 PLACEHOLDER = re.compile(r'[<>*{}$]|\.\.\.|\b(DIR|NAME|FILE|PATH|EXPORT|VERSION)\b')
 # Flags of other programs the docs quote: TF Serving's (compared with the server's),
 # saved_model_cli's and pytest's.
-FOREIGN_FLAGS = frozenset(['rest_api_timeout_in_ms', 'max_num_load_retries',
-                           'load_retry_interval_micros', 'model_config_file', 'dir', 'all',
+FOREIGN_FLAGS = frozenset(['max_num_load_retries', 'load_retry_interval_micros',
+                           'grpc_channel_arguments', 'grpc_max_threads', 'dir', 'all',
                            'dist'])
 # A --flag in a command or code span; flags are lower case, so --X in `--X=V` is a placeholder.
 FLAG = re.compile(r'(?<![\w-])--([a-z0-9_]+)')
@@ -282,19 +282,27 @@ def _anyone_takes(known_flags, flag):
              if not path.endswith('__init__.py'))
 
 
+def _wrong_flags(known_flags, doc, number, line):
+  """The flags of one command that its program does not take."""
+  program = _program_of(line)
+  if program is None:
+    return []
+  wrong = []
+  own, _, passed_on = line.partition(' -- ')
+  for part, takes in ((own, known_flags[program]),
+                      (passed_on, known_flags['mnist_cnn.resnet_main'])):
+    for flag in FLAG.findall(part):
+      if flag not in takes and flag not in ('helpfull', 'help', 'helpshort'):
+        wrong.append('%s:%d --%s (not a flag of %s)' % (doc, number, flag, program))
+  return wrong
+
+
 @pytest.mark.slow
 def test_every_flag_the_docs_show_is_one_its_command_takes(known_flags):
   wrong = []
-  for doc, number, line in _command_lines():
-    program = _program_of(line)
-    if program is None:
-      continue
-    own, _, passed_on = line.partition(' -- ')
-    for part, takes in ((own, known_flags[program]),
-                        (passed_on, known_flags['mnist_cnn.resnet_main'])):
-      for flag in FLAG.findall(part):
-        if flag not in takes and flag not in ('helpfull', 'help', 'helpshort'):
-          wrong.append('%s:%d --%s (not a flag of %s)' % (doc, number, flag, program))
+  for doc, number, whole_line in _command_lines():
+    for line in re.split(r'&&|;|\|', whole_line):  # each command of the line on its own
+      wrong += _wrong_flags(known_flags, doc, number, line)
   for doc, number, code in _prose():
     program = _program_of(code)
     for flag in FLAG.findall(code):
@@ -345,12 +353,13 @@ def test_the_quick_start_runs_as_written_and_prints_what_it_shows(tmp_path):
   data_dir = str(tmp_path / 'mnist_data')
   conftest.write_idx_dir(data_dir, num_train=400, num_test=100, learnable=True)
   work = str(tmp_path / 'quickstart')
-  port = str(_free_port())
+  port, grpc_port = str(_free_port()), str(_free_port())
   script, expected = ['set -euo pipefail'], []
   for kind, text in blocks:
     # Smoke mode: tiny data instead of MNIST, this test's directory and port, this Python.
     text = (text.replace('/tmp/mnist_data', data_dir).replace('/tmp/quickstart', work)
             .replace(':8501', ':' + port).replace('=8501', '=' + port)
+            .replace(':8500', ':' + grpc_port).replace('=8500', '=' + grpc_port)
             .replace('.venv/bin/', BIN + '/'))
     if kind == 'bash':
       script.append(text)

@@ -3,11 +3,44 @@ ever handing one client's rows to another.
 """
 
 import asyncio
+import collections
 
 import numpy as np
 import tensorflow as tf
 
 from mnist_cnn.serving import models
+from mnist_cnn.serving import text_proto
+
+Settings = collections.namedtuple('Settings', ['max_batch_size', 'batch_timeout_micros',
+                                               'num_batch_threads'])
+# BatchingParameters fields TF Serving has and this batcher has no use for: read, not applied.
+_IGNORED_PARAMETERS = ('max_enqueued_batches', 'thread_pool_name', 'allowed_batch_sizes',
+                       'pad_variable_length_inputs', 'max_execution_batch_size',
+                       'enable_large_batch_splitting')
+
+
+def read_parameters(path, settings):
+  """`settings` with what TF Serving's --batching_parameters_file (BatchingParameters, text
+  format: `max_batch_size { value: 32 }` ...) sets; a one-line ValueError naming the file."""
+  where = '--batching_parameters_file %s' % path
+  try:
+    with open(path, encoding='utf-8') as f:
+      message = text_proto.parse(f.read())
+    text_proto.check_fields(message, set(Settings._fields) | set(_IGNORED_PARAMETERS), where)
+    values = {}
+    for field in Settings._fields:
+      wrapper = text_proto.single(message, field, None, dict, where)
+      if wrapper is not None:
+        text_proto.check_fields(wrapper, {'value'}, '%s: %s' % (where, field))
+        values[field] = text_proto.single(wrapper, 'value', 0, int, '%s: %s' % (where, field))
+  except OSError as e:
+    raise ValueError('%s cannot be read: %s' % (where, e.strerror or e)) from None
+  except (text_proto.TextProtoError, UnicodeDecodeError) as e:
+    raise ValueError('%s: %s' % (where, e)) from None
+  for field, value in values.items():
+    if value < (0 if field == 'batch_timeout_micros' else 1):
+      raise ValueError('%s: %s of %d is out of range' % (where, field, value))
+  return settings._replace(**values)
 
 
 class _Pending(object):

@@ -45,8 +45,11 @@ STATUS_CODES = {200: 'OK', 400: 'INVALID_ARGUMENT', 404: 'NOT_FOUND', 405: 'UNIM
 _START_TIME = time.time()
 
 
-def status_code(http_status):
-  return STATUS_CODES.get(http_status, 'UNKNOWN')
+def status_code(status):
+  """TF Serving's error code name for an HTTP status (gRPC answers give the name itself)."""
+  if isinstance(status, str):
+    return status
+  return STATUS_CODES.get(status, 'UNKNOWN')
 
 
 def read_config(path):
@@ -101,8 +104,9 @@ class Metrics(object):
     self._load_latency = {}  # model_path -> microseconds
     self._gauges = []  # (name, help, fn() -> {labels tuple: value}, label names)
 
-  def request(self, model_name, api, entrypoint, http_status, seconds):
-    status = status_code(http_status)
+  def request(self, model_name, api, entrypoint, status, seconds):
+    """Counts one request; status is the HTTP status answered or a gRPC code's name."""
+    status = status_code(status)
     micros = seconds * 1e6
     with self._lock:
       key = (model_name, status)

@@ -1,7 +1,7 @@
 """The model side of the REST server: SavedModel versions on disk, loaded and swapped.
 
-`ModelManager` keeps the highest loadable version under the base path loaded and retires the
-one it replaces once drained; a `LoadedVersion` is one SavedModel in a Session, with its
+`ModelManager` keeps the versions under a base path that its `VersionPolicy` names loaded
+(the highest one by default) and retires those it replaces once drained; a `LoadedVersion` is one SavedModel in a Session, with its
 signatures and a callable per signature. Request JSON is json_tensors.py's, merging requests
 batching.py's, the HTTP side rest_api.py's, what memory a swap gives back memory.py's.
 """
@@ -38,6 +38,23 @@ def bad_request(message):
 
 def not_found(message):
   return ServingError(404, message)
+
+
+def parse_version(version):
+  """The int a request's version text names (None for none), or TF Serving's 400."""
+  if version is None:
+    return None
+  number = export.version_number(version)
+  if number is None:
+    shown = version if len(version) <= 30 else version[:27] + '...'
+    raise bad_request('Failed to convert version: %s to numeric.' % shown)
+  return number
+
+
+def not_found_for(name, version):
+  """TF Serving's 404 for a model name and version text (None: the latest) not served."""
+  return not_found('Servable not found for request: %s' % (
+      'Latest(%s)' % name if version is None else 'Specific(%s, %s)' % (name, version)))
 
 
 def op_error_message(error):
@@ -348,13 +365,46 @@ def log(message):
   print('[serve %s] %s' % (time.strftime('%H:%M:%S'), message), flush=True)
 
 
+class VersionPolicy(object):
+  """Which loadable versions a model serves: TF Serving's ServableVersionPolicy.
+
+  kind 'latest' serves the `count` highest versions that load, 'all' every one, 'specific' the
+  `versions` listed that exist. TF Serving's default is latest with 1.
+  """
+
+  def __init__(self, kind='latest', count=1, versions=()):
+    self.kind = kind
+    self.count = count
+    self.versions = frozenset(versions)
+
+  def wanted(self, versions):
+    """The versions to serve of those on disk (ascending), highest first."""
+    highest_first = sorted(versions, reverse=True)
+    if self.kind == 'specific':
+      return [v for v in highest_first if v in self.versions]
+    return highest_first
+
+  def enough(self, served):
+    return self.kind == 'latest' and served >= self.count
+
+  def __eq__(self, other):
+    return isinstance(other, VersionPolicy) and (self.kind, self.count, self.versions) == (
+        other.kind, other.count, other.versions)
+
+  def __repr__(self):
+    return {'latest': 'latest %d' % self.count, 'all': 'all'}.get(
+        self.kind, 'specific %s' % sorted(self.versions))
+
+
 class ModelManager(object):
-  """Keeps the highest loadable version under base_path loaded; retires replaced versions once
-  drained.
+  """Keeps the versions under base_path that its policy names loaded (by default the highest
+  one that loads); retires the others once drained. `labels` maps version labels to versions.
 
   A version that fails to load (copied in without a rename, say, saved_model.pb before its
-  variables) is retried after RETRY_FIRST_S, doubling up to RETRY_MAX_S. A version deleted from
-  disk is unloaded, and the highest remaining one served instead.
+  variables) is retried after RETRY_FIRST_S, doubling up to RETRY_MAX_S, and meanwhile a
+  latest-N policy serves the next highest that loads. A version deleted from disk is unloaded.
+  New versions are loaded before those they replace are retired, so a swap never serves
+  nothing.
   """
 
   RETRY_FIRST_S = 1.0
@@ -362,16 +412,23 @@ class ModelManager(object):
   DRAIN_TIMEOUT_S = 60.0
 
   def __init__(self, name, base_path, executor, session_config=None, optimize=True,
-               serving_precision='auto', metrics=None):
+               serving_precision='auto', metrics=None, policy=None, labels=None):
     self.name = name
     self.base_path = base_path
-    self.current = None
+    self.policy = policy or VersionPolicy()
+    self.labels = dict(labels or {})
+    self.versions = {}  # version -> LoadedVersion, served
     self.metrics = metrics  # a metrics.Metrics told of each load, or None
     self._executor = executor
     self._load_args = (session_config, optimize, serving_precision)
     self._failed = {}  # version -> (attempts, monotonic time of the next try)
     self._retiring = set()  # tasks of _retire
     self.retired = []  # (version, freed) of each retirement done, for logs and tests
+
+  @property
+  def current(self):
+    """The highest version served, or None."""
+    return self.versions[max(self.versions)] if self.versions else None
 
   def _due(self, version):
     return time.monotonic() >= self._failed.get(version, (0, 0.0))[1]
@@ -380,65 +437,83 @@ class ModelManager(object):
     attempts = self._failed.get(version, (0, 0.0))[0] + 1
     wait = min(self.RETRY_MAX_S, self.RETRY_FIRST_S * 2 ** (attempts - 1))
     self._failed[version] = (attempts, time.monotonic() + wait)
-    log('cannot load version %d from %s (attempt %d; retrying in %.0f s): %s' % (
-        version, path, attempts, wait, str(error).split('\n')[0]))
+    log('cannot load version %d of %s from %s (attempt %d; retrying in %.0f s): %s' % (
+        version, self.name, path, attempts, wait, str(error).split('\n')[0]))
 
   async def poll(self):
-    """Serves the highest version that loads; returns True when the served version changed."""
+    """Loads what the policy wants and retires what it no longer does; returns True when the
+    versions served changed."""
     loop = asyncio.get_running_loop()
     try:
-      versions = await loop.run_in_executor(self._executor, export.loadable_versions,
-                                            self.base_path)
+      on_disk = await loop.run_in_executor(self._executor, export.loadable_versions,
+                                           self.base_path)
     except OSError as e:
       log('cannot list %s: %s' % (self.base_path, e))
       return False
-    self._failed = {v: f for v, f in self._failed.items() if v in versions}
-    present = self.current is not None and self.current.version in versions
-    floor = self.current.version if present else -1
-    for version in reversed(versions):
-      if version <= floor:
+    self._failed = {v: f for v, f in self._failed.items() if v in on_disk}
+    keep, loaded = [], {}
+    for version in self.policy.wanted(on_disk):
+      if self.policy.enough(len(keep)):
         break
-      if not self._due(version):
-        continue
-      path = os.path.join(self.base_path, str(version))
-      started = time.monotonic()
-      try:
-        loaded = await loop.run_in_executor(
-            self._executor, load_version, version, path, *self._load_args)
-      except Exception as e:  # pylint: disable=broad-except
-        self._loaded(False, started)
-        self._record_failure(version, path, e)
-        continue
-      self._loaded(True, started)
-      self._failed.pop(version, None)
-      await loop.run_in_executor(self._executor, memory.release_memory)
-      self._switch(loaded, 'serving %s version %d (%s), signatures: %s; %s' % (
-          self.name, version, path, ', '.join(sorted(loaded.signatures)), loaded.describe()))
-      return True
-    if self.current is not None and not present:
-      self._switch(None, 'version %d was removed from %s and no other version loads: '
-                   'serving nothing until one does' % (self.current.version, self.base_path))
-      return True
-    return False
+      if version in self.versions:
+        keep.append(version)
+      elif self._due(version):
+        new = await self._load(version)
+        if new is not None:
+          keep.append(version)
+          loaded[version] = new
+    gone = [self.versions[v] for v in sorted(set(self.versions) - set(keep))]
+    if not loaded and not gone:
+      return False
+    self.versions = {v: self.versions.get(v) or loaded[v] for v in keep}
+    for version in sorted(loaded):
+      new = loaded[version]
+      log('serving %s version %d (%s), signatures: %s; %s' % (
+          self.name, version, new.path, ', '.join(sorted(new.signatures)), new.describe()))
+    if not self.versions:
+      log('%s: no version under %s loads: serving nothing until one does' % (
+          self.name, self.base_path))
+    self._retire_versions(gone)
+    return True
+
+  async def _load(self, version):
+    """The LoadedVersion of `version`, or None (logged, retried later)."""
+    loop = asyncio.get_running_loop()
+    path = os.path.join(self.base_path, str(version))
+    started = time.monotonic()
+    try:
+      loaded = await loop.run_in_executor(
+          self._executor, load_version, version, path, *self._load_args)
+    except Exception as e:  # pylint: disable=broad-except
+      self._loaded(False, started)
+      self._record_failure(version, path, e)
+      return None
+    self._loaded(True, started)
+    self._failed.pop(version, None)
+    await loop.run_in_executor(self._executor, memory.release_memory)
+    return loaded
 
   def _loaded(self, succeeded, started):
     if self.metrics is not None:
       self.metrics.load(self.base_path, succeeded, time.monotonic() - started)
 
   def versions_in_memory(self):
-    """The served version, if any, and those still retiring."""
-    return (self.current is not None) + len(self._retiring)
+    """The versions served and those still retiring."""
+    return len(self.versions) + len(self._retiring)
 
-  def _switch(self, loaded, message):
-    old, self.current = self.current, loaded
-    log(message)
-    if old is None:
-      memory.keep_out_of_collections()
-    else:
-      log('retiring version %d once its requests finish' % old.version)
+  def _retire_versions(self, old_versions):
+    """Retires LoadedVersions no longer served (taken out of self.versions already)."""
+    memory.keep_out_of_collections()
+    for old in old_versions:
+      log('retiring version %d of %s once its requests finish' % (old.version, self.name))
       task = asyncio.ensure_future(self._retire([old]))
       self._retiring.add(task)
       task.add_done_callback(self._retiring.discard)
+
+  def retire_all(self):
+    """Stops serving every version (the model left the configuration)."""
+    old, self.versions = list(self.versions.values()), {}
+    self._retire_versions(old)
 
   async def _retire(self, holder):
     """Retires the version in `holder` (a list, so that no frame of ours keeps it): waits for
@@ -453,26 +528,24 @@ class ModelManager(object):
     drained, freed = await loop.run_in_executor(self._executor, retire, holder)
     memory.keep_out_of_collections()
     self.retired.append((version, freed))
-    log('retired version %d%s: %s' % (
-        version, '' if drained else ' (requests still running after %.0f s were cut off)' %
-        self.DRAIN_TIMEOUT_S, 'its memory is freed' if freed else
+    log('retired version %d of %s%s: %s' % (
+        version, self.name, '' if drained else ' (requests still running after %.0f s were '
+        'cut off)' % self.DRAIN_TIMEOUT_S, 'its memory is freed' if freed else
         'it is still referenced, so its memory is not freed (a bug: please report it)'))
 
-  def resolve(self, name, version):
-    """The loaded version a request names, or a 404 as TF Serving words it."""
-    spec = 'Latest(%s)' % name if version is None else 'Specific(%s, %s)' % (name, version)
-    if version is not None and export.version_number(version) is None:
-      shown = version if len(version) <= 30 else version[:27] + '...'
-      raise bad_request('Failed to convert version: %s to numeric.' % shown)
-    current = self.current
-    if name != self.name or current is None:
-      raise not_found('Servable not found for request: %s' % spec)
-    if version is not None and int(version) != current.version:
-      raise not_found('Servable not found for request: %s' % spec)
-    return current
+  def resolve(self, version=None, label=None):
+    """The loaded version a request names (a version number as text, a label, or neither for
+    the highest), or the error TF Serving gives."""
+    if label is not None:
+      if label not in self.labels:
+        raise bad_request('Unrecognized servable version label: %s' % label)
+      version = str(self.labels[label])
+    number = parse_version(version)
+    found = self.current if version is None else self.versions.get(number)
+    if found is None:
+      raise not_found_for(self.name, version)
+    return found
 
   def close(self):
-    if self.current is not None:
-      self.current.close_when_drained(10.0)
-
-
+    for version in self.versions.values():
+      version.close_when_drained(10.0)

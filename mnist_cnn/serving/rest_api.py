@@ -69,9 +69,9 @@ class RestApi(object):
   # loop (and every other client) for the tenths of a second its JSON takes.
   INLINE_PARSE_BYTES = 64 * 1024
 
-  def __init__(self, manager, batcher, request_timeout_s, limits=json_tensors.DEFAULT_LIMITS,
+  def __init__(self, served, batcher, request_timeout_s, limits=json_tensors.DEFAULT_LIMITS,
                parse_executor=None, metrics=None, metrics_path=None):
-    self.manager = manager
+    self.served = served  # a served_models.ServedModels
     self.batcher = batcher
     self.request_timeout_s = request_timeout_s
     self.limits = limits
@@ -102,12 +102,10 @@ class RestApi(object):
     if not match:
       return _error(400 if request.path.startswith('/v1/') else 404,
                     'Malformed request: %s %s' % (request.method, request.path[:200]))
-    name, version = match.group('name'), match.group('version')
+    name, version, label = match.group('name'), match.group('version'), match.group('label')
     # Names this server does not serve count under '': made-up names must not grow the metrics.
-    seen.update(model=name if name == self.manager.name else '', api=match.group('verb') or (
+    seen.update(model=name if self.served.serves(name) else '', api=match.group('verb') or (
         'metadata' if match.group('metadata') else 'status'))
-    if match.group('label') is not None:  # this server keeps no version labels
-      return _error(400, 'Unrecognized servable version label: %s' % match.group('label'))
     verb, metadata = match.group('verb'), match.group('metadata')
     state = {'reading': False}
     try:
@@ -115,18 +113,18 @@ class RestApi(object):
         if request.method != 'GET':
           return _error(405, 'Malformed request: %s %s; use GET' % (request.method,
                                                                      request.path))
-        loaded = self.manager.resolve(name, version)
         if metadata:
-          return _json(200, loaded.metadata(name))
+          return _json(200, self.served.resolve(name, version, label).metadata(name))
         return _json(200, {'model_version_status': [{
-            'version': str(loaded.version), 'state': 'AVAILABLE',
-            'status': {'error_code': 'OK', 'error_message': ''}}]})
+            'version': str(number), 'state': 'AVAILABLE',
+            'status': {'error_code': 'OK', 'error_message': ''}}
+            for number in self.served.status(name, version, label)]})
       if request.method != 'POST':
         return _error(405, 'Malformed request: %s %s; use POST' % (request.method,
                                                                     request.path))
       if verb not in ('predict', 'classify', 'regress'):
         return _error(404, 'Malformed request: %s %s' % (request.method, request.path))
-      return await asyncio.wait_for(self._infer(request, name, version, verb, state),
+      return await asyncio.wait_for(self._infer(request, (name, version, label), verb, state),
                                     self.request_timeout_s)
     except models.ServingError as e:
       return _error(e.status, e.message)
@@ -149,11 +147,11 @@ class RestApi(object):
       return fn(*args)
     return await asyncio.get_running_loop().run_in_executor(self.parse_executor, fn, *args)
 
-  async def _infer(self, request, name, version, verb, state):
+  async def _infer(self, request, names, verb, state):
     if request.content_length is not None and request.content_length > request.client_max_size:
       return _error(413, 'Request body of %d bytes is larger than the limit of %d bytes' % (
           request.content_length, request.client_max_size))
-    self.manager.resolve(name, version)  # the URL is checked before the body is read
+    self.served.resolve(*names)  # the URL is checked before the body is read
     self.batcher.arriving()
     state['arriving'] = True
     try:
@@ -162,13 +160,13 @@ class RestApi(object):
       state['reading'] = False
       if len(raw) >= self.RELEASE_AFTER_BYTES:
         try:
-          return await self._infer_body(request, name, version, verb, raw, state)
+          return await self._infer_body(names, verb, raw, state)
         finally:
           # Later, once this request's frames and tasks are gone too.
           loop = asyncio.get_running_loop()
           loop.call_later(0.2, loop.run_in_executor, self.parse_executor,
                           memory.release_memory)
-      return await self._infer_body(request, name, version, verb, raw, state)
+      return await self._infer_body(names, verb, raw, state)
     finally:
       self._arrived(state)
 
@@ -177,7 +175,7 @@ class RestApi(object):
     if state.pop('arriving', False):
       self.batcher.arrived()
 
-  async def _infer_body(self, request, name, version, verb, raw, state):
+  async def _infer_body(self, names, verb, raw, state):
     size = len(raw)
     body = await self._parse(size, _load_json, raw)
     del raw
@@ -186,9 +184,9 @@ class RestApi(object):
     signature_name = body.get('signature_name') or 'serving_default'  # "" is the default too
     if not isinstance(signature_name, str):
       return _error(400, '\'signature_name\' key must be a string value')
-    loaded = self.manager.resolve(name, version)
+    loaded = self.served.resolve(*names)
     if not loaded.acquire():  # retired between resolve and now: take the new one
-      loaded = self.manager.resolve(name, version)
+      loaded = self.served.resolve(*names)
       if not loaded.acquire():
         return _error(503, 'the model is being replaced; retry')
     try:

@@ -1,11 +1,13 @@
-"""The protocol-buffer text format of TF Serving's configuration files, read without their
-.proto files (those come with tensorflow-serving-api, which this server does not need).
+"""The protocol-buffer text format of TF Serving's small configuration files, read without
+their .proto files (--model_config_file, whose messages gRPC needs anyway, is read by protobuf
+itself against tfs_protos.py's).
 
   parse(text) -> {field: [value, ...]}   a message: each field's values in file order; a
                                          nested message is such a dict, a scalar a str, int,
                                          float or bool, an enum value its name (str)
 
-What TF Serving's --monitoring_config_file holds (and its --model_config_file) is this format:
+What TF Serving's --monitoring_config_file and --batching_parameters_file hold is this
+format:
 `name: value` or `name { ... }` (also `name: { ... }` and `< ... >`), fields separated by
 white space, commas or semicolons, `#` comments, strings in single or double quotes with C
 escapes. A file that is not that is a TextProtoError naming its line.

@@ -95,11 +95,13 @@ def test_serving_benchmark_runs_in_smoke_mode(exports, idx_dir):
   optimised = ['optimised, %s%s' % (option, ' (load-time choice)' if option == chosen else '')
                for option in options]
   assert rows == ['TF1 loader', 'tf.saved_model.load'] + optimised + [
-      'REST server (defaults)', 'REST server, batching off'] + ['TF1 loader'] + optimised
+      'REST server (defaults)', 'gRPC, same server', 'REST server, batching off'] + [
+          'TF1 loader'] + optimised
   # The check on every test image: the optimised fp32 path gives each the class the export does.
   assert re.search(r'\| optimised, fp32( \(load-time choice\))? \| [01]\.\d{4} \| 20 / 20 \| ',
                    out), out
-  for line in ('REST p50 / tf.saved_model.load p50', 'optimised p50 / arithmetic',
+  for line in ('gRPC p50 / REST p50', 'gRPC 4 clients / REST 4 clients',
+               'REST p50 / tf.saved_model.load p50', 'optimised p50 / arithmetic',
                'REST 4 clients / optimised in process, batches of 4'):
     assert re.search(re.escape(line) + r'.*: \d+\.\d\d', out), line
   assert 'precision %s, frozen graph: yes' % chosen in out

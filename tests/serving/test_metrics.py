@@ -1,7 +1,6 @@
 """Prometheus metrics at TF Serving's path and names (--monitoring_config_file), and the text
 format of TF Serving's configuration files they are enabled by."""
 
-import http.client
 import json
 import os
 import re
@@ -115,13 +114,7 @@ def test_latency_lands_in_tf_serving_s_buckets_and_labels_are_escaped():
 
 def _get(server, path):
   """(status, body text) of a GET."""
-  connection = http.client.HTTPConnection('127.0.0.1', server.port, timeout=60)
-  try:
-    connection.request('GET', path)
-    response = connection.getresponse()
-    return response.status, response.read().decode('utf-8')
-  finally:
-    connection.close()
+  return server.raw_get(path)
 
 
 def _wait_for_output(server, text, timeout=60):

@@ -157,7 +157,8 @@ def test_new_version_is_picked_up_while_requests_keep_succeeding(exports, serve_
   server = server_helpers.Server(serve_dir)
   try:
     status, body = server.request('GET', '/v1/models/mnist')
-    assert status == 404 and 'Servable not found' in body['error']  # nothing to serve yet
+    # Nothing to serve yet: TF Serving's GetModelStatus words it so.
+    assert (status, body['error']) == (404, 'Could not find any versions of model mnist')
     (serve_dir / '5').mkdir()  # an integer directory without a SavedModel is no version
     server_helpers.publish(exports['alexnet'], serve_dir, 3)
     server_helpers.wait_for_version(server, '3')
@@ -254,7 +255,7 @@ def test_sigterm_stops_cleanly(alexnet_server):
 def test_missing_base_path_is_a_clear_error(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'mnist_cnn.serve', '--model_base_path=%s' % (tmp_path / 'none'),
-       '--port=0'], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
+       '--port=0', '--rest_api_port=0'], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
   assert result.returncode == 1
   assert 'is not a directory' in result.stderr
 

@@ -396,4 +396,4 @@ def test_half_copied_version_is_retried_and_a_deleted_one_unloaded(server, expor
   while s.request('GET', '/v1/models/mnist')[0] != 404 and time.monotonic() < deadline:
     time.sleep(0.1)
   status, answer = s.request('GET', '/v1/models/mnist')
-  assert status == 404 and 'Servable not found' in answer['error']
+  assert (status, answer['error']) == (404, 'Could not find any versions of model mnist')

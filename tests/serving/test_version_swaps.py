@@ -21,11 +21,11 @@ from tests.conftest import parse_flags
 
 
 class InProcessServer(object):
-  """serve.serve() on its own event loop in a thread; `api.manager` is the live manager."""
+  """serve.serve() on its own event loop in a thread; `api.served.manager('mnist')` is the live manager."""
 
   def __init__(self, base_path, *extra):
     flags_obj = parse_flags(serve.define_serve_flags, [
-        '--model_base_path=%s' % base_path, '--port=0',
+        '--model_base_path=%s' % base_path, '--port=0', '--rest_api_port=0',
         '--file_system_poll_wait_seconds=0.1'] + list(extra))
     started = threading.Event()
     self._failure = []
@@ -74,7 +74,7 @@ def test_a_retired_version_is_freed_once_its_requests_finish(exports, tmp_path, 
   base.mkdir()
   server_helpers.publish(exports['alexnet'], base, 1)
   server = InProcessServer(base, '--optimize_graph=%s' % optimize)
-  manager = server.api.manager
+  manager = server.api.served.manager('mnist')
   images = server_helpers.images(2, seed=4)
   stop, calling = threading.Event(), threading.Event()
   statuses = []
