@@ -99,8 +99,9 @@ class GrpcApi(object):
       response, error = response_class(), None
       # A timer cancelling this task, not asyncio.wait_for: that runs the call in a task of
       # its own, one more for every request.
-      timer = asyncio.get_running_loop().call_later(self.request_timeout_s, _time_out,
-                                                    asyncio.current_task(), seen)
+      # Reloads are not timed: they take as long as their loads (as in TF Serving).
+      timer = None if api == 'HandleReloadConfigRequest' else asyncio.get_running_loop(
+          ).call_later(self.request_timeout_s, _time_out, asyncio.current_task(), seen)
       try:
         try:
           request = request_class.FromString(request_bytes)
@@ -121,7 +122,8 @@ class GrpcApi(object):
         models.log('error in gRPC %s: %s: %s' % (api, type(e).__name__, e))
         error = _Abort('INTERNAL', 'Internal error: %s' % type(e).__name__)
       finally:
-        timer.cancel()
+        if timer is not None:
+          timer.cancel()
         if len(request_bytes) >= RELEASE_AFTER_BYTES:  # as REST does after a large body
           loop = asyncio.get_running_loop()
           loop.call_later(0.2, loop.run_in_executor, None, memory.release_memory)
@@ -250,7 +252,9 @@ class GrpcApi(object):
     except ValueError as e:
       raise _Abort('INVALID_ARGUMENT', str(e)) from None
     try:
-      await self.served.apply(entries)
+      # Shielded: a client that goes away does not stop a configuration half-applied, or
+      # leave a version loaded that no model holds.
+      await asyncio.shield(self.served.apply(entries))
     except served_models.ConfigError as e:
       raise _Abort('FAILED_PRECONDITION', str(e)) from None
     models.log('configuration reloaded over gRPC: %s' % ', '.join(e.name for e in entries))

@@ -475,7 +475,7 @@ def _float_info():
 
 def test_a_grpc_call_over_the_request_timeout_is_deadline_exceeded(exports, serve_dir):
   """--request_timeout_s bounds gRPC calls as REST's (504 there): the call is cancelled and
-  its version released (the server stops cleanly after)."""
+  its version released (the server stops cleanly after). Reloads are not bounded."""
   server_helpers.publish(exports['alexnet'], serve_dir, 1)
   server = server_helpers.Server(serve_dir, '--request_timeout_s=0.000001')
   try:
@@ -487,6 +487,9 @@ def test_a_grpc_call_over_the_request_timeout_is_deadline_exceeded(exports, serv
     assert server.predict({'instances': images.tolist()})[0] == 504
     # Calls that do not wait on the model finish before the timer: the server still answers.
     assert [s.version for s in client.status('mnist').model_version_status] == [1]
+    # Reloads are not timed: they take as long as their loads.
+    client.reload('model_config_list { config { name: "other" base_path: "%s" } }' % serve_dir)
+    assert [s.version for s in client.status('other').model_version_status] == [1]
   finally:
     server.stop()
   assert 'stopped' in ''.join(server.output)
