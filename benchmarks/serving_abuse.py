@@ -157,6 +157,40 @@ def version_served(port):
   return int(body['model_version_status'][0]['version']) if status == 200 else None
 
 
+def open_stalled(port, count, data):
+  """count connections to port that send `data` and then nothing; (sockets, when opened)."""
+  sockets = []
+  for _ in range(count):
+    sock = socket.create_connection(('127.0.0.1', port), timeout=5)
+    sock.sendall(data)
+    sock.setblocking(False)
+    sockets.append(sock)
+  return sockets, time.monotonic()
+
+
+def wait_closed(sockets, opened, timeout):
+  """{index: seconds after `opened`} of the sockets the server closed within timeout; closes
+  them all."""
+  closed_at = {}
+  deadline = opened + timeout
+  while len(closed_at) < len(sockets) and time.monotonic() < deadline:
+    for index, sock in enumerate(sockets):
+      if index in closed_at:
+        continue
+      try:
+        # Whatever arrives first is drained (gRPC's server sends its HTTP/2 settings at once).
+        if sock.recv(65536) == b'':
+          closed_at[index] = time.monotonic() - opened
+      except BlockingIOError:
+        pass
+      except OSError:
+        closed_at[index] = time.monotonic() - opened
+    time.sleep(0.05)
+  for sock in sockets:
+    sock.close()
+  return closed_at
+
+
 def wait_for(condition, timeout):
   """Seconds until condition() held, or None after timeout."""
   started = time.monotonic()
@@ -325,31 +359,12 @@ class Probe(object):
   def stalled(self):
     count = 50 if self.quick else 500
     before = rss_mb(self.pid)
-    sockets = []
-    for _ in range(count):
-      sock = socket.create_connection(('127.0.0.1', self.port), timeout=5)
-      sock.sendall(b'POST ' + PATH.encode() + b' HTTP/1.1\r\nHost: x\r\n')  # never finished
-      sock.setblocking(False)
-      sockets.append(sock)
-    opened = time.monotonic()
+    # A request line and one header, never finished.
+    sockets, opened = open_stalled(self.port, count,
+                                   b'POST ' + PATH.encode() + b' HTTP/1.1\r\nHost: x\r\n')
     latencies = [request(self.port, 'GET', '/v1/models/mnist')[3] for _ in range(10)]
     served = version_served(self.port) is not None
-    closed_at = {}
-    deadline = opened + self.header_timeout_s + 10
-    while len(closed_at) < count and time.monotonic() < deadline:
-      for index, sock in enumerate(sockets):
-        if index in closed_at:
-          continue
-        try:
-          if sock.recv(1) == b'':
-            closed_at[index] = time.monotonic() - opened
-        except BlockingIOError:
-          pass
-        except OSError:
-          closed_at[index] = time.monotonic() - opened
-      time.sleep(0.05)
-    for sock in sockets:
-      sock.close()
+    closed_at = wait_closed(sockets, opened, self.header_timeout_s + 10)
     slowest = max(closed_at.values()) if closed_at else float('nan')
     self.row('%d stalled connections (headers never end)' % count,
              'others served; all closed within the header timeout (%g s)' % self.header_timeout_s,
@@ -405,7 +420,7 @@ class Probe(object):
         sys.path.insert(0, REPO)
       from benchmarks import serving_abuse_grpc  # pylint: disable=g-import-not-at-top
       serving_abuse_grpc.GrpcProbe(self.grpc_port, self.row, lambda: rss_mb(self.pid),
-                                   self.quick).run(
+                                   self.quick, self.header_timeout_s).run(
                                        png_bomb(5000 if self.quick else 20000), gif_bomb(),
                                        max_images)
     if self.base_path:

@@ -1,7 +1,8 @@
 """The gRPC counterparts of serving_abuse.py's hostile cases: the same payloads as Predict
 requests, with the gRPC code TF Serving gives for the verdict REST gives (400 ->
 INVALID_ARGUMENT, 404 -> NOT_FOUND, 413 -> RESOURCE_EXHAUSTED). Cases REST has and gRPC cannot
-have (JSON nesting, malformed HTTP, slow headers) are left out; gRPC's own (a shape of 10^9
+have (JSON nesting, malformed HTTP) are left out (33 dimensions and bytes that are no protobuf
+stand for them); gRPC's own (a shape of 10^9
 elements from one value, a tensor_content of the wrong length, bytes that are no protobuf:
 INVALID_ARGUMENT, as REST's 400 for a body that is no JSON) are added. Run by serving_abuse.py when the server has a gRPC port.
 """
@@ -44,7 +45,7 @@ def _tensor(dtype, shape, **values):
 class GrpcProbe(object):
   """Runs the gRPC cases against 127.0.0.1:port, adding rows through `row` (Probe.row)."""
 
-  def __init__(self, port, row, rss, quick=False):
+  def __init__(self, port, row, rss, quick=False, header_timeout_s=10.0):
     self.channel = grpc.insecure_channel('127.0.0.1:%d' % port, options=[
         ('grpc.max_send_message_length', 64 * 1024 * 1024)])
     self.predict = self.channel.unary_unary(
@@ -53,6 +54,8 @@ class GrpcProbe(object):
     self.row = row
     self.rss = rss
     self.quick = quick
+    self.port = port
+    self.header_timeout_s = header_timeout_s
 
   def call(self, request_bytes):
     """(code name, details or '', response or None, seconds)."""
@@ -147,8 +150,48 @@ class GrpcProbe(object):
              '%.0f total' % ((time.monotonic() - started) * 1000), before,
              wrong == 0 and server_errors == 0)
 
+  def large_requests(self, max_images):
+    """Two requests of the most images allowed and one image meanwhile: the small one is not
+    held behind them (as REST's case)."""
+    big = predict_request({'images': np.random.RandomState(0).rand(
+        max_images, 784).astype(np.float32)})
+    small = predict_request({'images': np.zeros((1, 784), np.float32)})
+    before = self.rss()
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+      bigs = [pool.submit(self.call, big) for _ in range(2)]
+      time.sleep(0.3)
+      code, _, _, seconds = self.call(small)
+      results = [f.result() for f in bigs]
+    self.row('gRPC: two requests of %d images + one image meanwhile' % max_images,
+             'big: OK; small: OK within 2 s', 'big: %s in %.1f s; small: %s in %.0f ms' % (
+                 ', '.join(r[0] for r in results), max(r[3] for r in results), code,
+                 seconds * 1000), seconds, before,
+             all(r[0] == 'OK' for r in results) and code == 'OK' and seconds < 2.0)
+
+  def stalled(self):
+    """Connections that never finish HTTP/2's preface are closed within the header timeout
+    (gRPC's handshake timeout is set to it), and others are served meanwhile."""
+    from benchmarks import serving_abuse  # pylint: disable=g-import-not-at-top
+    count = 50 if self.quick else 500
+    before = self.rss()
+    sockets, opened = serving_abuse.open_stalled(self.port, count, b'PRI * HTTP/2.0\r\n')
+    request = predict_request({'images': np.zeros((1, 784), np.float32)})
+    calls = [self.call(request) for _ in range(10)]
+    closed_at = serving_abuse.wait_closed(sockets, opened, self.header_timeout_s + 10)
+    slowest = max(closed_at.values()) if closed_at else float('nan')
+    latency = sorted(c[3] for c in calls)[len(calls) // 2]
+    served = all(c[0] == 'OK' for c in calls)
+    self.row('gRPC: %d stalled connections (preface never ends)' % count,
+             'others served; all closed within the header timeout (%g s)' % (
+                 self.header_timeout_s), 'others: %s, p50 %.0f ms; %d/%d closed, last after '
+             '%.1f s' % ('served' if served else 'NOT served', latency * 1000, len(closed_at),
+                         count, slowest), latency, before,
+             served and len(closed_at) == count and slowest <= self.header_timeout_s + 1.5)
+
   def run(self, png, gif, max_images):
     self.mixed_clients()
     self.bombs(png, gif)
     self.malformed(max_images)
+    self.large_requests(50 if self.quick else max_images)
+    self.stalled()
     self.channel.close()

@@ -274,7 +274,7 @@ async def serve(flags_obj, ready=None):
   # gRPC first: a client that waits for REST to answer finds gRPC up too.
   grpc_server, api.grpc_port = await grpc_api.start(
       grpc_side, flags_obj.host, flags_obj.port, flags_obj.max_request_bytes,
-      _raise_file_limit(flags_obj.max_connections))
+      _raise_file_limit(flags_obj.max_connections), flags_obj.header_timeout_s)
   models.log('gRPC API at %s:%d (tensorflow.serving.PredictionService, ModelService)' % (
       flags_obj.host, api.grpc_port))
   try:

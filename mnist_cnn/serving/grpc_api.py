@@ -261,12 +261,17 @@ class GrpcApi(object):
     response.status.SetInParent()
 
 
-async def start(api, host, port, max_request_bytes, max_concurrent_rpcs):
-  """Starts a grpc.aio server for `api` on host:port (0: a free one); returns (server, port)."""
+async def start(api, host, port, max_request_bytes, max_concurrent_rpcs, header_timeout_s):
+  """Starts a grpc.aio server for `api` on host:port (0: a free one); returns (server, port).
+
+  A connection must finish HTTP/2's preface and settings within header_timeout_s, as REST's
+  headers must (gRPC's own default is 120 s: a slowloris holds a connection that long).
+  """
   server = grpc.aio.server(
       options=[('grpc.max_receive_message_length', max_request_bytes),
                ('grpc.max_send_message_length', -1),
-               ('grpc.so_reuseport', 0)],
+               ('grpc.so_reuseport', 0),
+               ('grpc.server_handshake_timeout_ms', int(header_timeout_s * 1000))],
       maximum_concurrent_rpcs=max_concurrent_rpcs)
   server.add_generic_rpc_handlers(api.handlers())
   bound = server.add_insecure_port('%s:%d' % (host, port))

@@ -21,6 +21,7 @@ from mnist_cnn.serving import models
 from mnist_cnn.serving import proto_tensors
 from mnist_cnn.serving import tfs_protos
 from official.utils import export
+from benchmarks import serving_abuse
 from tests import server_helpers
 from tests.conftest import parse_flags
 from tests.serving import test_metrics
@@ -517,3 +518,19 @@ def test_tf_servings_batching_flags(tmp_path):
     with pytest.raises(ValueError, match=message) as info:
       serve._batch_settings(flags_obj)  # pylint: disable=protected-access
     assert str(parameters) in str(info.value) and '\n' not in str(info.value)
+
+
+def test_stalled_grpc_connections_are_closed_within_the_header_timeout(exports, serve_dir):
+  """A connection that never finishes HTTP/2's preface is closed after --header_timeout_s,
+  as a REST one whose headers never end (gRPC's own default: 120 s)."""
+  server_helpers.publish(exports['alexnet'], serve_dir, 1)
+  server = server_helpers.Server(serve_dir, '--header_timeout_s=1')
+  try:
+    sockets, opened = serving_abuse.open_stalled(server.grpc_port, 5, b'PRI * HTTP/2.0\r\n')
+    # Served meanwhile.
+    assert Client(server.grpc_port).predict(
+        'mnist', {export.IMAGES_INPUT: server_helpers.images(1)}).outputs
+    closed_at = serving_abuse.wait_closed(sockets, opened, 30)
+    assert len(closed_at) == 5 and max(closed_at.values()) < 20, closed_at
+  finally:
+    server.stop()
