@@ -18,6 +18,7 @@ after Ctrl-C); rerunning the same command resumes from the last checkpoint.
 
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -51,11 +52,41 @@ def define_launcher_flags(flag_values=flags.FLAGS):
   flags.register_validator('grace_s', lambda v: v >= 0, message='--grace_s must be >= 0', **fv)
 
 
-def free_ports(count, host='127.0.0.1'):
-  """Ports nothing listens on now (held open together, so they are distinct)."""
-  sockets = []
+# Where free_ports looks first: below the kernel's ephemeral range (where it can be read).
+_LOWEST_PORT = 10000
+
+
+def _ephemeral_low():
+  """The first port of the kernel's ephemeral range, or None where it cannot be read."""
   try:
-    for _ in range(count):
+    with open('/proc/sys/net/ipv4/ip_local_port_range') as f:
+      return int(f.read().split()[0])
+  except (OSError, ValueError, IndexError):
+    return None
+
+
+def free_ports(count, host='127.0.0.1'):
+  """Ports nothing listens on now (held open together, so they are distinct).
+
+  Taken below the ephemeral range where there is room: a port the kernel hands out for port 0
+  is free again once probed, and the kernel may hand it to another process's connection or
+  server before the member binds it (a cluster test's worker once failed to start so, beside
+  servers binding port 0).
+  """
+  sockets = []
+  low = _ephemeral_low()
+  rng = random.Random()
+  try:
+    for _ in range(1000 if low and low - _LOWEST_PORT >= 1000 else 0):
+      if len(sockets) == count:
+        break
+      s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+      try:
+        s.bind((host, rng.randrange(_LOWEST_PORT, low)))
+        sockets.append(s)
+      except OSError:
+        s.close()
+    while len(sockets) < count:
       s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
       s.bind((host, 0))
       sockets.append(s)

@@ -31,10 +31,10 @@ SCRIPT_MAINS = {'run_alexnet.sh': 'mnist_cnn.alexnet_main', 'run_resnet.sh':
                 'mnist_cnn.resnet_main', 'run_googlenet.sh': 'mnist_cnn.googlenet_main'}
 PLACEHOLDER = re.compile(r'[<>*{}$]|\.\.\.|\b(DIR|NAME|FILE|PATH|EXPORT|VERSION)\b')
 # Flags of other programs the docs quote: TF Serving's (compared with the server's),
-# saved_model_cli's and pytest's.
+# saved_model_cli's, pytest's and pip's (`--no-deps`).
 FOREIGN_FLAGS = frozenset(['max_num_load_retries', 'load_retry_interval_micros',
                            'grpc_channel_arguments', 'grpc_max_threads', 'dir', 'all',
-                           'dist'])
+                           'dist', 'no'])
 # A --flag in a command or code span; flags are lower case, so --X in `--X=V` is a placeholder.
 FLAG = re.compile(r'(?<![\w-])--([a-z0-9_]+)')
 # absl's own flags, which every command takes.

@@ -299,3 +299,16 @@ def test_the_evaluator_stops_on_an_error_of_a_checkpoint_that_is_there(tmp_path)
 
   with pytest.raises(ValueError, match='shapes do not match'):
     cluster_training.evaluate_checkpoints(Classifier(), None, max_steps=10, poll_s=0.01)
+
+
+def test_free_ports_are_distinct_bindable_and_outside_the_ephemeral_range():
+  """A port from the ephemeral range, free when probed, can go to another process's
+  connection before a member binds it; free_ports looks below that range."""
+  ports = launch_local_cluster.free_ports(5)
+  assert len(set(ports)) == 5
+  low = launch_local_cluster._ephemeral_low()  # pylint: disable=protected-access
+  if low is not None and low - launch_local_cluster._LOWEST_PORT >= 1000:  # pylint: disable=protected-access
+    assert all(launch_local_cluster._LOWEST_PORT <= p < low for p in ports), (ports, low)  # pylint: disable=protected-access
+  for port in ports:
+    with socket.socket() as s:
+      s.bind(('127.0.0.1', port))
