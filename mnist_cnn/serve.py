@@ -225,8 +225,6 @@ class _Server(object):
   """What serve() starts, for stopping and its last log line."""
 
   def __init__(self, flags_obj, server_metrics, batch):
-    self.flags = flags_obj
-    self.metrics = server_metrics
     self.timeout_s, session_config = _settings(flags_obj)
     self.executor = concurrent.futures.ThreadPoolExecutor(
         max_workers=batch.num_batch_threads + 2, thread_name_prefix='model')
@@ -271,14 +269,16 @@ async def serve(flags_obj, ready=None):
                          server.parse_executor, server_metrics, metrics_path)
   grpc_side = grpc_api.GrpcApi(served, server.batcher, server.timeout_s, server.limits,
                                flags_obj.max_request_bytes, server_metrics)
+  max_connections = _raise_file_limit(flags_obj.max_connections)
   # gRPC first: a client that waits for REST to answer finds gRPC up too.
   grpc_server, api.grpc_port = await grpc_api.start(
       grpc_side, flags_obj.host, flags_obj.port, flags_obj.max_request_bytes,
-      _raise_file_limit(flags_obj.max_connections), flags_obj.header_timeout_s)
+      max_connections, flags_obj.header_timeout_s)
   models.log('gRPC API at %s:%d (tensorflow.serving.PredictionService, ModelService)' % (
       flags_obj.host, api.grpc_port))
   try:
-    runner, guard, port = await _start_site(flags_obj, api, server.limits, log)
+    runner, guard, port = await _start_site(flags_obj, api, server.limits, log,
+                                            max_connections)
   except OSError:
     await grpc_server.stop(None)
     raise
@@ -322,9 +322,8 @@ async def _first_load(served, entries):
           entry.name, entry.base_path))
 
 
-async def _start_site(flags_obj, api, limits, log):
+async def _start_site(flags_obj, api, limits, log, max_connections):
   """Starts the HTTP side on --host:--rest_api_port; returns (runner, connection guard, port)."""
-  max_connections = _raise_file_limit(flags_obj.max_connections)
   # handler_cancellation: a request whose client has gone is cancelled, so it makes no more
   # model calls; keepalive_timeout: an idle keep-alive connection must send its next request's
   # headers within the header timeout too.

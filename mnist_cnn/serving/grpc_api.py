@@ -142,11 +142,7 @@ class GrpcApi(object):
   async def _predict(self, request, response, seen):
     name, version, label = _names(request.model_spec)
     self._seen(seen, name)
-    loaded = self.served.resolve(name, version, label)
-    if not loaded.acquire():  # retired between resolve and now: take the new one
-      loaded = self.served.resolve(name, version, label)
-      if not loaded.acquire():
-        raise _Abort('UNAVAILABLE', 'the model is being replaced; retry')
+    loaded = self.served.acquire(name, version, label)
     try:
       signature_name = request.model_spec.signature_name or 'serving_default'
       signature = loaded.signature(signature_name)

@@ -412,11 +412,11 @@ class ModelManager(object):
   DRAIN_TIMEOUT_S = 60.0
 
   def __init__(self, name, base_path, executor, session_config=None, optimize=True,
-               serving_precision='auto', metrics=None, policy=None, labels=None):
+               serving_precision='auto', metrics=None, policy=None):
     self.name = name
     self.base_path = base_path
     self.policy = policy or VersionPolicy()
-    self.labels = dict(labels or {})
+    self.labels = {}  # label -> version, set by served_models.ServedModels.apply
     self.versions = {}  # version -> LoadedVersion, served
     self.metrics = metrics  # a metrics.Metrics told of each load, or None
     self._executor = executor

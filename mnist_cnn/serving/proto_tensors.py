@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from mnist_cnn.serving import image_headers
+from mnist_cnn.serving import json_tensors
 from mnist_cnn.serving import models
 
 # The TensorProto field holding each dtype's values when tensor_content is empty.
@@ -27,8 +28,9 @@ def _shape(proto, where):
   shape = tuple(d.size for d in proto.tensor_shape.dim)
   if any(size < 0 for size in shape):
     raise models.bad_request('%s: shape %s has a negative dimension' % (where, list(shape)))
-  if len(shape) > 32:
-    raise models.bad_request('%s: %d dimensions; at most 32' % (where, len(shape)))
+  if len(shape) > json_tensors.MAX_RANK:
+    raise models.bad_request('%s: %d dimensions; at most %d' % (where, len(shape),
+                                                                json_tensors.MAX_RANK))
   return shape
 
 

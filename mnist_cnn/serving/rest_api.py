@@ -184,11 +184,7 @@ class RestApi(object):
     signature_name = body.get('signature_name') or 'serving_default'  # "" is the default too
     if not isinstance(signature_name, str):
       return _error(400, '\'signature_name\' key must be a string value')
-    loaded = self.served.resolve(*names)
-    if not loaded.acquire():  # retired between resolve and now: take the new one
-      loaded = self.served.resolve(*names)
-      if not loaded.acquire():
-        return _error(503, 'the model is being replaced; retry')
+    loaded = self.served.acquire(*names)
     try:
       signature = loaded.signature(signature_name)
       wanted = 'tensorflow/serving/%s' % verb

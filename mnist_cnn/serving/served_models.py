@@ -89,6 +89,17 @@ class ServedModels(object):
     models.parse_version(version)
     raise models.not_found_for(name, version)
 
+  def acquire(self, name, version=None, label=None):
+    """resolve(), acquired for a call (the caller releases it). A version retired between
+    resolving and acquiring is resolved again, to the one that replaced it; a 503 if that one
+    goes too."""
+    loaded = self.resolve(name, version, label)
+    if not loaded.acquire():
+      loaded = self.resolve(name, version, label)
+      if not loaded.acquire():
+        raise models.ServingError(503, 'the model is being replaced; retry')
+    return loaded
+
   def status(self, name, version=None, label=None):
     """The versions GetModelStatus lists: all of the model's served versions, or the one
     named, with TF Serving's NOT_FOUND wording."""
