@@ -9,6 +9,7 @@ import queue
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -96,6 +97,18 @@ class Server(object):
       return response.status, response.read().decode('utf-8')
     finally:
       connection.close()
+
+  def post_in_one_write(self, path, body):
+    """Status of a POST whose headers and body go out in one write, so the whole request is
+    in the server's buffer when its handler starts (http.client writes them apart)."""
+    body = json.dumps(body).encode('utf-8')
+    head = ('POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n'
+            'Content-Length: %d\r\nConnection: close\r\n\r\n' % (path, len(body)))
+    with socket.create_connection(('127.0.0.1', self.port), timeout=60) as sock:
+      sock.sendall(head.encode('ascii') + body)
+      response = http.client.HTTPResponse(sock)
+      response.begin()
+      return response.status
 
   def predict(self, body, path='/v1/models/mnist:predict', connection=None):
     return self.request('POST', path, body, connection)
