@@ -107,8 +107,11 @@ class Server(object):
     with socket.create_connection(('127.0.0.1', self.port), timeout=60) as sock:
       sock.sendall(head.encode('ascii') + body)
       response = http.client.HTTPResponse(sock)
-      response.begin()
-      return response.status
+      try:
+        response.begin()
+        return response.status
+      finally:
+        response.close()
 
   def predict(self, body, path='/v1/models/mnist:predict', connection=None):
     return self.request('POST', path, body, connection)
