@@ -11,8 +11,9 @@ For each export, in rounds that alternate between the paths (medians, min-max ov
   differs, in the precision it chose);
 - the same through `python -m mnist_cnn.serve` over HTTP on 127.0.0.1 with its defaults: one
   client (keep-alive) for latency, --clients concurrent one-image clients for throughput, then
-  the same over gRPC (Predict) on the same server, and REST with batching off. Request bodies are encoded once beforehand; the clients run in
-  this process on the same cores as the server, as a local client would.
+  the same over gRPC (Predict) on the same server, and REST with batching off. Request bodies
+  are encoded once beforehand; the clients run in this process on the same cores as the
+  server, as a local client would.
 Then the ratios the serving targets are stated in, the arithmetic time of one image (forward
 FLOPs by TensorFlow's profiler over the matmul peak measured here), and with --data_dir the
 agreement of the optimised path with the export as written on every test image. --breakdown
@@ -41,12 +42,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
+from benchmarks import serving_abuse_grpc
 from mnist_cnn import input_data
 from mnist_cnn import predict
 from mnist_cnn.serving import inference_graph
 from mnist_cnn.serving import models
-from mnist_cnn.serving import proto_tensors
-from mnist_cnn.serving import tfs_protos
 from official.utils import export
 from official.utils import precision
 # pylint: enable=g-import-not-at-top,wrong-import-position
@@ -85,15 +85,6 @@ REST_DEFAULTS = 'REST server (defaults)'
 GRPC_DEFAULTS = 'gRPC, same server'
 
 
-def _post(connection, body):
-  connection.request('POST', '/v1/models/mnist:predict', body=body,
-                     headers={'Content-Type': 'application/json'})
-  response = connection.getresponse()
-  data = response.read()
-  if response.status != 200:
-    raise RuntimeError('HTTP %d: %s' % (response.status, data[:200]))
-
-
 def call_latencies(call, count):
   """Seconds taken by each of count calls of call(), after one untimed warm-up call."""
   call()
@@ -105,11 +96,23 @@ def call_latencies(call, count):
   return latencies
 
 
-def rest_latencies(port, body, count):
-  connection = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
-  latencies = call_latencies(lambda: _post(connection, body), count)
-  connection.close()
-  return latencies
+class RestClient(object):
+  """POSTs an encoded predict body over one keep-alive connection; the answer is read, not
+  parsed."""
+
+  def __init__(self, port):
+    self.connection = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
+
+  def __call__(self, body):
+    self.connection.request('POST', '/v1/models/mnist:predict', body=body,
+                            headers={'Content-Type': 'application/json'})
+    response = self.connection.getresponse()
+    data = response.read()
+    if response.status != 200:
+      raise RuntimeError('HTTP %d: %s' % (response.status, data[:200]))
+
+  def close(self):
+    self.connection.close()
 
 
 class GrpcClient(object):
@@ -129,37 +132,26 @@ class GrpcClient(object):
     self.channel.close()
 
 
-def grpc_request(image):
-  request = tfs_protos.PredictRequest()
-  request.model_spec.name = 'mnist'
-  proto_tensors.fill(request.inputs['images'], image)
-  return request.SerializeToString()
-
-
-def grpc_latencies(port, request_bytes, count):
-  client = GrpcClient(port)
-  latencies = call_latencies(lambda: client(request_bytes), count)
+def server_latencies(client_class, port, body, count):
+  """call_latencies of one client (RestClient or GrpcClient) sending `body`."""
+  client = client_class(port)
+  latencies = call_latencies(lambda: client(body), count)
   client.close()
   return latencies
 
 
-def rest_throughput(port, body, clients, requests_per_client, api='REST'):
-  """Images/s with `clients` threads each sending one-image requests (REST or gRPC)."""
+def server_throughput(client_class, port, body, clients, requests_per_client):
+  """Images/s with `clients` threads, each a client_class(port) sending one-image `body`."""
   barrier = threading.Barrier(clients + 1)
   errors = []
 
   def client():
-    if api == 'gRPC':
-      connection = GrpcClient(port)
-      send = lambda: connection(body)
-    else:
-      connection = http.client.HTTPConnection('127.0.0.1', port, timeout=60)
-      send = lambda: _post(connection, body)
-    send()
+    connection = client_class(port)
+    connection(body)
     barrier.wait()
     try:
       for _ in range(requests_per_client):
-        send()
+        connection(body)
     except Exception as e:  # pylint: disable=broad-except
       errors.append(e)
     connection.close()
@@ -304,7 +296,7 @@ def run_rounds(label, paths, servers, image, args):
   """{path or server name: {'p50', 'p99', 'tput': [one figure per round]}}."""
   client_batch = np.repeat(image, args.clients, axis=0)
   body = json.dumps({'instances': image.tolist()}).encode()
-  request_bytes = grpc_request(image)
+  request_bytes = serving_abuse_grpc.predict_request({'images': image})
   figures = collections.defaultdict(lambda: collections.defaultdict(list))
   for round_index in range(args.rounds):
     for path in paths:
@@ -314,18 +306,16 @@ def run_rounds(label, paths, servers, image, args):
       figures[path.name]['tput'].append(throughput(lambda: path.run(client_batch),
                                                    args.clients, args.seconds))
     for name, server in servers.items():
-      if 'off' not in name:
-        times = rest_latencies(server.port, body, args.latency_requests)
-        figures[name]['p50'].append(_ms(times, 50))
-        figures[name]['p99'].append(_ms(times, 99))
-      figures[name]['tput'].append(rest_throughput(server.port, body, args.clients,
-                                                   args.requests_per_client))
+      sides = [(name, RestClient, server.port, body)]
       if name == REST_DEFAULTS:  # gRPC on the same server, right after REST
-        times = grpc_latencies(server.grpc_port, request_bytes, args.latency_requests)
-        figures[GRPC_DEFAULTS]['p50'].append(_ms(times, 50))
-        figures[GRPC_DEFAULTS]['p99'].append(_ms(times, 99))
-        figures[GRPC_DEFAULTS]['tput'].append(rest_throughput(
-            server.grpc_port, request_bytes, args.clients, args.requests_per_client, 'gRPC'))
+        sides.append((GRPC_DEFAULTS, GrpcClient, server.grpc_port, request_bytes))
+      for side, client_class, port, payload in sides:
+        if 'off' not in side:
+          times = server_latencies(client_class, port, payload, args.latency_requests)
+          figures[side]['p50'].append(_ms(times, 50))
+          figures[side]['p99'].append(_ms(times, 99))
+        figures[side]['tput'].append(server_throughput(
+            client_class, port, payload, args.clients, args.requests_per_client))
     print('%s round %d: %s' % (label, round_index + 1, ', '.join(
         '%s %.2f ms %.0f/s' % (k, v['p50'][-1] if v['p50'] else 0, v['tput'][-1])
         for k, v in figures.items())), file=sys.stderr)

@@ -161,19 +161,20 @@ def open_stalled(port, count, data):
   """count connections to port that send `data` and then nothing; (sockets, when opened)."""
   sockets = []
   for _ in range(count):
-    sock = socket.create_connection(('127.0.0.1', port), timeout=5)
+    sock = socket.create_connection(('127.0.0.1', port), timeout=10)
     sock.sendall(data)
     sock.setblocking(False)
     sockets.append(sock)
   return sockets, time.monotonic()
 
 
-def wait_closed(sockets, opened, timeout):
-  """{index: seconds after `opened`} of the sockets the server closed within timeout; closes
-  them all."""
+def wait_closed(sockets, opened, timeout, want=None):
+  """{index: seconds after `opened`} of the sockets the server closed, once `want` of them
+  (default: all) are or after timeout; closes them all."""
   closed_at = {}
   deadline = opened + timeout
-  while len(closed_at) < len(sockets) and time.monotonic() < deadline:
+  want = len(sockets) if want is None else want
+  while len(closed_at) < want and time.monotonic() < deadline:
     for index, sock in enumerate(sockets):
       if index in closed_at:
         continue

@@ -1,10 +1,10 @@
 """The gRPC counterparts of serving_abuse.py's hostile cases: the same payloads as Predict
 requests, with the gRPC code TF Serving gives for the verdict REST gives (400 ->
-INVALID_ARGUMENT, 404 -> NOT_FOUND, 413 -> RESOURCE_EXHAUSTED). Cases REST has and gRPC cannot
-have (JSON nesting, malformed HTTP) are left out (33 dimensions and bytes that are no protobuf
-stand for them); gRPC's own (a shape of 10^9
-elements from one value, a tensor_content of the wrong length, bytes that are no protobuf:
-INVALID_ARGUMENT, as REST's 400 for a body that is no JSON) are added. Run by serving_abuse.py when the server has a gRPC port.
+INVALID_ARGUMENT, 404 -> NOT_FOUND, 413 -> RESOURCE_EXHAUSTED). Cases REST has and gRPC
+cannot have (JSON nesting, malformed HTTP) are left out; gRPC's own are added: 33 dimensions,
+a shape of 10^9 elements from one value, a tensor_content of the wrong length, and bytes that
+are no protobuf (INVALID_ARGUMENT, as REST's 400 for a body that is no JSON). Run by
+serving_abuse.py when the server has a gRPC port.
 """
 
 import concurrent.futures

@@ -21,8 +21,6 @@ from mnist_cnn.serving import proto_tensors
 from mnist_cnn.serving import served_models
 from mnist_cnn.serving import tfs_protos
 
-# After a request this large, freed memory is handed back (memory.release_memory), as REST does.
-RELEASE_AFTER_BYTES = 1024 * 1024
 _METHOD_NAMES = {'classify': 'classification', 'regress': 'regression'}
 
 
@@ -124,9 +122,7 @@ class GrpcApi(object):
       finally:
         if timer is not None:
           timer.cancel()
-        if len(request_bytes) >= RELEASE_AFTER_BYTES:  # as REST does after a large body
-          loop = asyncio.get_running_loop()
-          loop.call_later(0.2, loop.run_in_executor, None, memory.release_memory)
+        memory.release_after_request(len(request_bytes))
       if self.metrics is not None and 'model' in seen:
         self.metrics.request(seen['model'], api, 'GRPC', error.code if error else 'OK',
                              time.monotonic() - started)
@@ -146,9 +142,7 @@ class GrpcApi(object):
     try:
       signature_name = request.model_spec.signature_name or 'serving_default'
       signature = loaded.signature(signature_name)
-      if signature.method_name != 'tensorflow/serving/predict':
-        raise _Abort('INVALID_ARGUMENT', 'Expected prediction signature method_name to be '
-                     'tensorflow/serving/predict. Was: %s' % signature.method_name)
+      models.check_method(signature, 'predict', 'prediction')
       feeds, rows = self._feeds(request, signature)
       fetch = list(request.output_filter) or sorted(signature.outputs)
       for alias in fetch:
@@ -215,10 +209,7 @@ class GrpcApi(object):
     self._seen(seen, name)
     loaded = self.served.resolve(name, version, label)
     signature = loaded.signature(model_spec.signature_name or 'serving_default')
-    wanted = 'tensorflow/serving/%s' % verb
-    if signature.method_name != wanted:
-      raise _Abort('INVALID_ARGUMENT', 'Expected %s signature method_name to be %s. Was: %s' % (
-          _METHOD_NAMES[verb], wanted, signature.method_name))
+    models.check_method(signature, verb, _METHOD_NAMES[verb])
     raise _Abort('UNIMPLEMENTED', '%s signatures (tf.Example inputs) are not served by this '
                  'server; use Predict' % verb)
 

@@ -4,6 +4,7 @@ A server that takes a new version every day must end each swap where it began; t
 and their figures are in docs/reliability.md (Version swaps).
 """
 
+import asyncio
 import contextlib
 import gc
 import os
@@ -78,6 +79,19 @@ def release_memory():
   gc.collect()
   if _LIBC is not None:
     _LIBC.malloc_trim(0)
+
+
+# After a request this large (its body or message), freed memory is handed back.
+RELEASE_AFTER_BYTES = 1024 * 1024
+
+
+def release_after_request(size, executor=None):
+  """Schedules release_memory on `executor` 0.2 s from now if a request of `size` bytes is
+  large enough for it: later, once the request's frames and tasks are gone too. Called on the
+  event loop by the REST and gRPC handlers."""
+  if size >= RELEASE_AFTER_BYTES:
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.2, loop.run_in_executor, executor, release_memory)
 
 
 def keep_out_of_collections():

@@ -1,9 +1,10 @@
-"""The model side of the REST server: SavedModel versions on disk, loaded and swapped.
+"""The model side of the server: SavedModel versions on disk, loaded and swapped.
 
 `ModelManager` keeps the versions under a base path that its `VersionPolicy` names loaded
-(the highest one by default) and retires those it replaces once drained; a `LoadedVersion` is one SavedModel in a Session, with its
-signatures and a callable per signature. Request JSON is json_tensors.py's, merging requests
-batching.py's, the HTTP side rest_api.py's, what memory a swap gives back memory.py's.
+(the highest one by default) and retires those it replaces once drained; a `LoadedVersion` is
+one SavedModel in a Session, with its signatures and a callable per signature. Request JSON
+is json_tensors.py's, merging requests batching.py's, the HTTP side rest_api.py's, the gRPC
+side grpc_api.py's, what memory a swap gives back memory.py's.
 """
 
 import asyncio
@@ -38,6 +39,15 @@ def bad_request(message):
 
 def not_found(message):
   return ServingError(404, message)
+
+
+def check_method(signature, verb, kind):
+  """TF Serving's 400 unless `signature` is a tensorflow/serving/<verb> one; `kind` names the
+  expected signature in the message (REST says the verb, gRPC 'prediction', 'classification')."""
+  wanted = 'tensorflow/serving/%s' % verb
+  if signature.method_name != wanted:
+    raise bad_request('Expected %s signature method_name to be %s. Was: %s' % (
+        kind, wanted, signature.method_name))
 
 
 def parse_version(version):

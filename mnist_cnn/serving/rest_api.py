@@ -139,9 +139,6 @@ class RestApi(object):
       return _error(413, 'Request body is larger than the limit of %d bytes' % (
           e.max_size if hasattr(e, 'max_size') else request.client_max_size))
 
-  # After a body this large, freed memory is handed back (memory.release_memory).
-  RELEASE_AFTER_BYTES = 1024 * 1024
-
   async def _parse(self, size, fn, *args):
     if size <= self.INLINE_PARSE_BYTES or self.parse_executor is None:
       return fn(*args)
@@ -158,15 +155,11 @@ class RestApi(object):
       state['reading'] = True
       raw = await request.read()
       state['reading'] = False
-      if len(raw) >= self.RELEASE_AFTER_BYTES:
-        try:
-          return await self._infer_body(names, verb, raw, state)
-        finally:
-          # Later, once this request's frames and tasks are gone too.
-          loop = asyncio.get_running_loop()
-          loop.call_later(0.2, loop.run_in_executor, self.parse_executor,
-                          memory.release_memory)
-      return await self._infer_body(names, verb, raw, state)
+      size = len(raw)
+      try:
+        return await self._infer_body(names, verb, raw, state)
+      finally:
+        memory.release_after_request(size, self.parse_executor)
     finally:
       self._arrived(state)
 
@@ -187,10 +180,7 @@ class RestApi(object):
     loaded = self.served.acquire(*names)
     try:
       signature = loaded.signature(signature_name)
-      wanted = 'tensorflow/serving/%s' % verb
-      if signature.method_name != wanted:
-        return _error(400, 'Expected %s signature method_name to be %s. Was: %s' % (
-            verb, wanted, signature.method_name))
+      models.check_method(signature, verb, verb)
       feeds, row_format, rows = await self._parse(
           size, json_tensors.parse_request, body, signature, self.limits)
       del body

@@ -61,7 +61,8 @@ _MESSAGES = {
                       ('all', 101, _VERSION_POLICY + '.All', 'oneof:policy_choice'),
                       ('specific', 102, _VERSION_POLICY + '.Specific', 'oneof:policy_choice')],
     'FileSystemStoragePathSourceConfig': [],
-    # model_type (3, deprecated) and logging_config (6) are left out: unknown fields, ignored.
+    # model_type (3, deprecated) and logging_config (6) are left out: a config file that sets
+    # them is refused naming the field; in a gRPC reload request they are unknown, ignored.
     'ModelConfig': [('name', 1, 'string'), ('base_path', 2, 'string'),
                     ('model_platform', 4, 'string'),
                     ('model_version_policy', 7, _VERSION_POLICY),

@@ -255,7 +255,8 @@ def test_sigterm_stops_cleanly(alexnet_server):
 def test_missing_base_path_is_a_clear_error(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'mnist_cnn.serve', '--model_base_path=%s' % (tmp_path / 'none'),
-       '--port=0', '--rest_api_port=0'], capture_output=True, text=True, env=ENV, cwd=REPO, timeout=120)
+       '--port=0', '--rest_api_port=0'], capture_output=True, text=True, env=ENV, cwd=REPO,
+      timeout=120)
   assert result.returncode == 1
   assert 'is not a directory' in result.stderr
 

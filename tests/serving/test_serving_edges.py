@@ -265,40 +265,19 @@ def test_malformed_http_gets_a_json_error(shared_server, raw):
   assert shared_server.request('GET', '/v1/models/mnist')[0] == 200
 
 
-def _closed(sock):
-  try:
-    return sock.recv(1) == b''
-  except BlockingIOError:
-    return False
-  except OSError:
-    return True
+# A request line and one header, never finished.
+_STALLED_HEADERS = b'POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\n'
 
 
 def _wait_closed(sockets, timeout, want=None):
   """Indices of the sockets the server closed, once `want` (default: all) are or at timeout."""
-  want = len(sockets) if want is None else want
-  deadline = time.monotonic() + timeout
-  closed = set()
-  while len(closed) < want and time.monotonic() < deadline:
-    closed |= {i for i, sock in enumerate(sockets) if i not in closed and _closed(sock)}
-    time.sleep(0.05)
-  return closed
-
-
-def _stall(port, count):
-  sockets = []
-  for _ in range(count):
-    sock = socket.create_connection(('127.0.0.1', port), timeout=10)
-    sock.sendall(b'POST /v1/models/mnist:predict HTTP/1.1\r\nHost: x\r\n')  # never finished
-    sock.setblocking(False)
-    sockets.append(sock)
-  return sockets
+  return set(serving_abuse.wait_closed(sockets, time.monotonic(), timeout, want))
 
 
 @pytest.mark.slow
 def test_stalled_connections_are_closed_and_others_served(server):
   s = server('--header_timeout_s=1')
-  sockets = _stall(s.port, 50)
+  sockets, _ = serving_abuse.open_stalled(s.port, 50, _STALLED_HEADERS)
   try:
     assert s.request('GET', '/v1/models/mnist')[0] == 200  # others are served meanwhile
     # Generous bound: the point is that they close at all (aiohttp alone never closed them).
@@ -338,7 +317,7 @@ def test_a_body_that_never_arrives_gets_408_and_the_connection_closes(server):
 @pytest.mark.slow
 def test_connections_over_the_cap_are_closed_at_once(server):
   s = server('--max_connections=5', '--header_timeout_s=600')
-  sockets = _stall(s.port, 12)
+  sockets, _ = serving_abuse.open_stalled(s.port, 12, _STALLED_HEADERS)
   try:
     # Over the cap, closed at once; the first five wait for their (long) header timeout.
     assert len(_wait_closed(sockets, 60, want=7)) >= 7

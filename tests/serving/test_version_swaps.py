@@ -21,7 +21,8 @@ from tests.conftest import parse_flags
 
 
 class InProcessServer(object):
-  """serve.serve() on its own event loop in a thread; `api.served.manager('mnist')` is the live manager."""
+  """serve.serve() on its own event loop in a thread; `api.served.manager('mnist')` is the
+  live manager."""
 
   def __init__(self, base_path, *extra):
     flags_obj = parse_flags(serve.define_serve_flags, [
