@@ -74,8 +74,8 @@ class Server(object):
       self.output.append(line)
       self.lines.put(line)
 
-  def request(self, method, path, body=None, connection=None):
-    """Returns (status, parsed JSON body)."""
+  def _exchange(self, method, path, body=None, connection=None):
+    """(status, body bytes); a connection of its own unless one is given."""
     own = connection is None
     connection = connection or http.client.HTTPConnection('127.0.0.1', self.port, timeout=60)
     try:
@@ -83,20 +83,20 @@ class Server(object):
         body = json.dumps(body)
       connection.request(method, path, body=body)
       response = connection.getresponse()
-      return response.status, json.loads(response.read())
+      return response.status, response.read()
     finally:
       if own:
         connection.close()
 
+  def request(self, method, path, body=None, connection=None):
+    """Returns (status, parsed JSON body)."""
+    status, data = self._exchange(method, path, body, connection)
+    return status, json.loads(data)
+
   def raw_get(self, path):
     """(status, body text) of a GET."""
-    connection = http.client.HTTPConnection('127.0.0.1', self.port, timeout=60)
-    try:
-      connection.request('GET', path)
-      response = connection.getresponse()
-      return response.status, response.read().decode('utf-8')
-    finally:
-      connection.close()
+    status, data = self._exchange('GET', path)
+    return status, data.decode('utf-8')
 
   def post_in_one_write(self, path, body):
     """Status of a POST whose headers and body go out in one write, so the whole request is

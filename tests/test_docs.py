@@ -13,12 +13,12 @@ import importlib
 import inspect
 import os
 import re
-import socket
 import subprocess
 import sys
 
 import pytest
 
+from mnist_cnn import launch_local_cluster
 from tests import conftest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -340,12 +340,6 @@ def _expected(line):
                 pattern)
 
 
-def _free_port():
-  with socket.socket() as probe:
-    probe.bind(('127.0.0.1', 0))
-    return probe.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_the_quick_start_runs_as_written_and_prints_what_it_shows(tmp_path):
   blocks = _quick_start()
@@ -353,7 +347,7 @@ def test_the_quick_start_runs_as_written_and_prints_what_it_shows(tmp_path):
   data_dir = str(tmp_path / 'mnist_data')
   conftest.write_idx_dir(data_dir, num_train=400, num_test=100, learnable=True)
   work = str(tmp_path / 'quickstart')
-  port, grpc_port = str(_free_port()), str(_free_port())
+  port, grpc_port = (str(p) for p in launch_local_cluster.free_ports(2))  # distinct
   script, expected = ['set -euo pipefail'], []
   for kind, text in blocks:
     # Smoke mode: tiny data instead of MNIST, this test's directory and port, this Python.

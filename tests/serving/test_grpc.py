@@ -55,6 +55,14 @@ model_config_list {
 MODELS = ('digits', 'resnet', 'googlenet')
 
 
+def _model_spec(spec, name, version, label):
+  spec.name = name
+  if version is not None:
+    spec.version.value = version
+  if label is not None:
+    spec.version_label = label
+
+
 class Client(object):
   """The official stubs on one channel."""
 
@@ -67,12 +75,8 @@ class Client(object):
   def predict(self, name, inputs, version=None, label=None, signature_name='',
               output_filter=()):
     request = predict_pb2.PredictRequest()
-    request.model_spec.name = name
+    _model_spec(request.model_spec, name, version, label)
     request.model_spec.signature_name = signature_name
-    if version is not None:
-      request.model_spec.version.value = version
-    if label is not None:
-      request.model_spec.version_label = label
     for key, value in inputs.items():
       request.inputs[key].CopyFrom(value if isinstance(value, tensor_pb2.TensorProto)
                                    else tf.make_tensor_proto(value))
@@ -81,11 +85,7 @@ class Client(object):
 
   def status(self, name, version=None, label=None):
     request = get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = name
-    if version is not None:
-      request.model_spec.version.value = version
-    if label is not None:
-      request.model_spec.version_label = label
+    _model_spec(request.model_spec, name, version, label)
     return self.model_stub.GetModelStatus(request, timeout=60)
 
   def reload(self, text):
